@@ -1,0 +1,42 @@
+"""Getting a task ready from the CLI: teacher (with a progress bar the first time) and cache."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cli._common import console
+from cli.progress import EpochProgress
+
+if TYPE_CHECKING:
+    from sweeps.distill import Prepared
+    from sweeps.store import Store
+
+
+def prepare_task(task_spec: str, store: Store, device: str = "auto") -> Prepared:
+    """``sweeps.prepare`` with a progress bar shown only if the teacher must be trained."""
+    from kdcore import get_task
+    from sweeps.distill import prepare
+
+    task = get_task(task_spec)
+    progress: EpochProgress | None = None
+
+    def on_teacher_epoch(epoch) -> None:
+        nonlocal progress
+        if progress is None:
+            progress = EpochProgress(f"training teacher for {task.name}", task.teacher_config().epochs).__enter__()
+        progress.update(epoch)
+
+    try:
+        prepared = prepare(task_spec, store, device=device, on_teacher_epoch=on_teacher_epoch)
+    finally:
+        if progress is not None:
+            progress.__exit__(None, None, None)
+    teacher = prepared.teacher
+    origin = "pretrained weights" if teacher.path is None else (
+        f"trained in {teacher.train_time_s:.1f}s, saved to {teacher.path}" if teacher.trained_now
+        else f"loaded from {teacher.path}")
+    console.print(f"teacher: test_acc {teacher.test_acc:.4f} ({origin})", highlight=False, soft_wrap=True)
+    cache = prepared.outputs
+    console.print(f"teacher outputs: {'cached' if cache.hit else f'computed in {cache.build_time_s:.2f}s'} "
+                  f"({cache.path})", highlight=False, soft_wrap=True)
+    return prepared

@@ -1,0 +1,101 @@
+"""`kdsweep train` and `kdsweep teacher`: one distillation run, or just the teacher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cli._common import console, given, read_yaml, user_errors
+
+_STORE = "Store"
+StoreOpt = Annotated[Optional[Path], typer.Option(
+    "--store", help="Folder for teachers, the teacher-output cache and the embedded MLflow store "
+    "[default: ./mlruns, or $KDSWEEP_STORE].", rich_help_panel=_STORE)]
+TrackingOpt = Annotated[Optional[str], typer.Option(
+    "--tracking-uri", help="MLflow tracking URI [default: sqlite:///<store>/mlflow.db, or "
+    "$MLFLOW_TRACKING_URI].", rich_help_panel=_STORE)]
+TaskOpt = Annotated[Optional[str], typer.Option(
+    "--task", help="Built-in task (mnist1d, digits) or package.module:factory [default: mnist1d].")]
+
+
+@user_errors
+def train(
+    task: TaskOpt = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML file with any of these settings; flags override it.")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="Softmax temperature T > 0.")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="Weight of the distillation term, in [0, 1].")] = None,
+    ratio: Annotated[Optional[float], typer.Option(help="Student width / teacher width, in (0, 1].")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate > 0.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs.")] = None,
+    data_fraction: Annotated[Optional[float], typer.Option(help="Fraction of the training split, in (0, 1].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size.")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Early-stopping patience in epochs (0: off).", rich_help_panel="Training")] = None,
+    min_delta: Annotated[Optional[float], typer.Option(help="Smallest improvement that resets patience.", rich_help_panel="Training")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay.", rich_help_panel="Training")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing of the CE term.", rich_help_panel="Training")] = None,
+    grad_accum_steps: Annotated[Optional[int], typer.Option(help="Batches per optimizer step.", rich_help_panel="Training")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.", rich_help_panel="Training")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel="Training")] = None,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment name.", rich_help_panel=_STORE)] = "kdsweep-train",
+    run_name: Annotated[Optional[str], typer.Option(help="MLflow run name.", rich_help_panel=_STORE)] = None,
+    store: StoreOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Train one student by distillation and log it to MLflow."""
+    from kdcore import DEFAULT_TASK, TrainConfig, get_task, make_config
+
+    # Validate everything before anything is written.
+    settings = read_yaml(config) if config else {}
+    settings.update(given(task=task, temperature=temperature, alpha=alpha, ratio=ratio, lr=lr, epochs=epochs,
+                          data_fraction=data_fraction, batch_size=batch_size, patience=patience,
+                          min_delta=min_delta, weight_decay=weight_decay, label_smoothing=label_smoothing,
+                          grad_accum_steps=grad_accum_steps, seed=seed, device=device))
+    task_spec = str(settings.pop("task", DEFAULT_TASK))
+    train_config = make_config(TrainConfig, **settings)
+    get_task(task_spec)
+
+    from cli.progress import EpochProgress
+    from cli.setup import prepare_task
+    from sweeps.distill import run_params, train_logged
+    from sweeps.store import Store
+    from sweeps.tracking import RunLogger
+
+    paths = Store.resolve(store, tracking_uri)
+    prepared = prepare_task(task_spec, paths, train_config.device)
+    client = paths.client()
+    experiment_id = paths.experiment(client, experiment)
+    logger = RunLogger.start(client, experiment_id, run_name or f"{prepared.task.name}-T{train_config.temperature:g}"
+                             f"-a{train_config.alpha:g}-r{train_config.ratio:g}",
+                             params=run_params(prepared, train_config), tags={"kdsweep.kind": "train"})
+    with EpochProgress("training student", train_config.epochs) as progress:
+        run = train_logged(prepared, train_config, logger, on_epoch=progress.update)
+    logger.finish()
+
+    m = run.metrics
+    console.print(
+        f"student: test_acc {m['test_acc']:.4f}, retention {m['retention']:.3f} of the teacher, "
+        f"{int(m['student_params'])} params, best epoch {run.result.best_epoch}/{run.result.epochs_run} "
+        f"({run.result.stop_reason}), {m['train_time_s']:.1f}s", highlight=False, soft_wrap=True)
+    console.print(f"MLflow run {run.run_id} in experiment '{experiment}' at {paths.tracking_uri}",
+                  highlight=False, soft_wrap=True)
+    if paths.embedded:
+        console.print(f"look at it: mlflow ui --backend-store-uri {paths.tracking_uri}", highlight=False,
+                      soft_wrap=True)
+
+
+@user_errors
+def teacher(
+    task: TaskOpt = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    store: StoreOpt = None,
+) -> None:
+    """Train (or load) the task's teacher, save it in the store and cache its outputs."""
+    from kdcore import DEFAULT_TASK, get_task
+
+    get_task(task or DEFAULT_TASK)
+    from cli.setup import prepare_task
+    from sweeps.store import Store
+
+    prepare_task(task or DEFAULT_TASK, Store.resolve(store), device)

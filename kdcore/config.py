@@ -1,0 +1,85 @@
+"""TrainConfig: every setting of one distillation run, validated whole before anything runs."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import annotated_types
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from kdcore.errors import ConfigError
+
+
+class TrainConfig(BaseModel):
+    """Settings of one KD training run; the same fields a sweep searches or fixes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temperature: float = Field(4.0, gt=0, description="Softmax temperature T of the distillation term.")
+    alpha: float = Field(0.7, ge=0, le=1, description="Weight of the distillation term; 1 - alpha weighs cross-entropy.")
+    ratio: float = Field(0.5, gt=0, le=1, description="Compression ratio: student width / teacher width.")
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate of AdamW.")
+    epochs: int = Field(40, ge=1, description="Maximum number of epochs.")
+    batch_size: int = Field(128, ge=1, description="Samples per optimizer step (before accumulation).")
+    data_fraction: float = Field(1.0, gt=0, le=1, description="Fraction of the training split used (stratified, nested).")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    warmup_frac: float = Field(0.05, ge=0, lt=1, description="Fraction of all steps spent in linear warm-up before cosine decay.")
+    grad_accum_steps: int = Field(1, ge=1, description="Batches accumulated per optimizer step.")
+    grad_clip: float = Field(1.0, ge=0, description="Max gradient norm; 0 disables clipping.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy term.")
+    patience: int = Field(8, ge=0, description="Epochs without improvement before early stopping; 0 disables it.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest change of the monitored metric that counts as improvement.")
+    monitor: Literal["val_acc", "val_loss"] = Field("val_acc", description="Validation metric for early stopping and best weights.")
+    seed: int = Field(0, ge=0, description="Seed for weights, batch order and the data-fraction subset.")
+    device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
+    amp: bool = Field(True, description="bf16 autocast on CUDA; ignored on CPU.")
+    num_workers: int = Field(0, ge=0, description="DataLoader workers, used only for tasks that hand over a non-tensor Dataset.")
+
+
+def _allowed(field: pydantic.fields.FieldInfo) -> str:
+    """Render a field's constraints as an interval such as '(0, 1]' or '> 0'."""
+    low = high = None
+    for rule in field.metadata:
+        if isinstance(rule, annotated_types.Gt):
+            low = f"({rule.gt:g}"
+        elif isinstance(rule, annotated_types.Ge):
+            low = f"[{rule.ge:g}"
+        elif isinstance(rule, annotated_types.Lt):
+            high = f"{rule.lt:g})"
+        elif isinstance(rule, annotated_types.Le):
+            high = f"{rule.le:g}]"
+    if low and high:
+        return f"{low}, {high}"
+    if low:
+        return ("> " if low[0] == "(" else ">= ") + low[1:]
+    if high:
+        return ("< " if high[-1] == ")" else "<= ") + high[:-1]
+    return str(field.annotation.__name__ if hasattr(field.annotation, "__name__") else field.annotation)
+
+
+def describe_validation_error(model: type[BaseModel], error: pydantic.ValidationError) -> str:
+    """One line naming each bad field, the value given and what is allowed."""
+    problems = []
+    for item in error.errors():
+        name = ".".join(str(part) for part in item["loc"]) or "config"
+        value = item.get("input")
+        field = model.model_fields.get(str(item["loc"][0])) if item["loc"] else None
+        if item["type"] == "extra_forbidden":
+            known = ", ".join(model.model_fields)
+            problems.append(f"unknown setting '{name}' (known: {known})")
+        elif item["type"] == "missing":
+            problems.append(f"missing setting '{name}'")
+        elif field is not None and item["type"].startswith(("greater_than", "less_than")):
+            problems.append(f"{name}={value!r} is out of range (allowed: {_allowed(field)})")
+        else:
+            problems.append(f"{name}={value!r} is invalid ({item['msg'][0].lower()}{item['msg'][1:]})")
+    return "; ".join(problems)
+
+
+def make_config(model: type[BaseModel] = TrainConfig, /, **values: Any) -> Any:
+    """Build ``model`` from ``values``, raising ConfigError with a one-line message."""
+    try:
+        return model(**values)
+    except pydantic.ValidationError as error:
+        raise ConfigError(describe_validation_error(model, error)) from None

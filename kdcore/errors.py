@@ -1,0 +1,31 @@
+"""The exceptions kdsweep raises on purpose.
+
+Every message says what was wrong, the value received, and what is allowed, so the
+CLI can print it as a single line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+
+class KDSweepError(Exception):
+    """Root of every error kdsweep raises on purpose."""
+
+
+class ConfigError(KDSweepError, ValueError):
+    """A setting (flag, YAML key, search range) is missing, unknown or out of range."""
+
+
+class TaskError(KDSweepError):
+    """A task name or ``package.module:factory`` spec cannot be resolved to a Task."""
+
+
+class CacheError(KDSweepError):
+    """Teacher outputs read back from the cache disagree with a live teacher forward."""
+
+
+class StopTraining(KDSweepError):
+    """Raised by an ``on_epoch`` hook to end training early with ``reason`` as stop_reason."""
+
+    def __init__(self, reason: str = "stopped") -> None:
+        super().__init__(reason)
+        self.reason = reason

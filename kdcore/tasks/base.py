@@ -1,0 +1,59 @@
+"""The Task interface: what kdsweep needs to know about a distillation problem."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from kdcore.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Train, validation and test data of a task.
+
+    Small tasks hand over ``torch.utils.data.TensorDataset``s (features, integer labels): the
+    trainer keeps them on the training device and batches by index permutation. A large task
+    may hand over any map-style ``Dataset`` returning ``(x, y)``; the trainer then reads it with
+    a DataLoader. Give such a dataset a ``targets`` attribute so data-fraction subsets can be
+    stratified without reading every sample.
+    """
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+
+
+class Task(abc.ABC):
+    """A classification problem with a teacher architecture and a family of students.
+
+    Subclass it, then either register it (``kdcore.register_task``) or point kdsweep at a
+    zero-argument factory returning it: ``--task mypkg.mymodule:make_task``.
+    """
+
+    name: str
+    num_classes: int
+
+    @abc.abstractmethod
+    def splits(self) -> Splits:
+        """The task's data; must return the same data every call (cache it)."""
+
+    @abc.abstractmethod
+    def build_teacher(self) -> nn.Module:
+        """A freshly initialised teacher network."""
+
+    @abc.abstractmethod
+    def build_student(self, ratio: float) -> nn.Module:
+        """A student whose width is ``ratio`` times the teacher's (0 < ratio <= 1)."""
+
+    def teacher_config(self) -> TrainConfig:
+        """How kdsweep trains the teacher when no pretrained weights are given."""
+        return TrainConfig(alpha=0.0, ratio=1.0, epochs=60, patience=15)
+
+    def pretrained_teacher(self) -> dict[str, Any] | None:
+        """Pretrained teacher weights (a state_dict) or None to let kdsweep train the teacher."""
+        return None

@@ -1,0 +1,79 @@
+"""The teacher of a task: trained once, saved in the store, reused by every run after."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from kdcore._files import load_safe, save_atomic, state_digest
+from kdcore.data import BatchSource, fingerprint
+from kdcore.tasks.base import Task
+from kdcore.trainer import EpochResult, evaluate, resolve_device, train
+
+log = logging.getLogger("kdsweep")
+
+TEACHER_FORMAT = "kdsweep.teacher/1"
+
+
+@dataclass
+class Teacher:
+    """A ready teacher: the module (eval mode, CPU), its accuracy and where it came from."""
+
+    model: nn.Module
+    test_acc: float
+    digest: str  # sha256 of the weights; part of the teacher-cache key
+    path: Path | None  # None for a task's pretrained weights
+    trained_now: bool
+    train_time_s: float
+
+
+def teacher_path(task: Task, store: Path) -> Path:
+    """Where the task's trained teacher lives; the data fingerprint keeps a changed task apart."""
+    return Path(store) / "teachers" / f"{task.name}-{fingerprint(task.splits().train)}" / "teacher.pt"
+
+
+def load_or_train_teacher(
+    task: Task, store: Path, *, on_epoch: Callable[[EpochResult], None] | None = None, device: str = "auto"
+) -> Teacher:
+    """The task's teacher: its pretrained weights, the saved checkpoint, or trained now and saved."""
+    model = task.build_teacher()
+    pretrained = task.pretrained_teacher()
+    if pretrained is not None:
+        model.load_state_dict(pretrained)
+        return Teacher(model.eval(), _test_acc(task, model, device), state_digest(pretrained), None, False, 0.0)
+
+    path = teacher_path(task, store)
+    if path.exists():
+        try:
+            saved = load_safe(path)
+            if saved.get("format") == TEACHER_FORMAT and saved["digest"] == state_digest(saved["state_dict"]):
+                model.load_state_dict(saved["state_dict"])
+                return Teacher(model.eval(), saved["test_acc"], saved["digest"], path, False, saved["train_time_s"])
+        except Exception as error:  # a truncated or foreign file: retrain rather than trust it
+            log.warning("teacher checkpoint %s is unreadable (%s); training a new one", path, error)
+        else:
+            log.warning("teacher checkpoint %s does not verify; training a new one", path)
+
+    config = task.teacher_config().model_copy(update={"device": device})
+    result = train(task, config, build_model=task.build_teacher, on_epoch=on_epoch)
+    save_atomic({"format": TEACHER_FORMAT, "task": task.name, "state_dict": result.state_dict,
+                 "digest": state_digest(result.state_dict), "test_acc": result.test_acc,
+                 "val_acc": result.best_val_acc, "train_time_s": result.train_time_s,
+                 "config": config.model_dump()}, path)
+    model.load_state_dict(result.state_dict)
+    return Teacher(model.eval(), result.test_acc, state_digest(result.state_dict), path, True, result.train_time_s)
+
+
+def _test_acc(task: Task, model: nn.Module, device: str) -> float:
+    import contextlib
+
+    torch_device = resolve_device(device)
+    model.to(torch_device)
+    _, acc = evaluate(model, BatchSource(task.splits().test, 512, torch_device), contextlib.nullcontext)
+    model.cpu()
+    return acc

@@ -1,0 +1,257 @@
+"""The shared KD trainer: one function, ``train``, that every kdsweep run and sweep trial calls."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdcore.config import TrainConfig
+from kdcore.data import BatchSource, fraction_indices, labels_of, take
+from kdcore.errors import StopTraining
+from kdcore.loss import kd_loss
+from kdcore.tasks.base import Task
+
+# How often (in steps) the running loss is read back to check for divergence. Reading it
+# forces a device sync, so it is not done every step.
+_DIVERGENCE_CHECK_EVERY = 8
+
+
+@dataclass(frozen=True)
+class TeacherLogits:
+    """Raw teacher logits for every sample of each split, in split order (see kdcore.cache)."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """What one epoch measured; handed to the ``on_epoch`` hook."""
+
+    epoch: int
+    train_loss: float
+    kd_loss: float
+    ce_loss: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    epoch_time_s: float
+    samples_per_s: float
+
+    def metrics(self) -> dict[str, float]:
+        """Every field but ``epoch``, ready to log with ``step=epoch``."""
+        values = asdict(self)
+        del values["epoch"]
+        return values
+
+
+@dataclass
+class TrainResult:
+    """Outcome of ``train``; ``state_dict`` holds the best epoch's weights."""
+
+    best_val_acc: float
+    best_epoch: int
+    epochs_run: int
+    stop_reason: str  # completed | early_stopped | diverged | deadline | a hook's reason
+    test_acc: float
+    train_time_s: float
+    student_params: int
+    student_size_bytes: int
+    state_dict: dict[str, torch.Tensor]
+    history: list[EpochResult] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present; anything else is passed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def learning_rate(step: int, total_steps: int, config: TrainConfig) -> float:
+    """Linear warm-up to ``config.lr``, then cosine decay to zero at ``total_steps``."""
+    warmup = int(config.warmup_frac * total_steps)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(number of parameters, bytes of the state_dict's tensors)."""
+    params = sum(p.numel() for p in model.parameters())
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return params, size
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, source: BatchSource, autocast: Any) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` over one in-order pass of ``source``."""
+    model.eval()
+    loss_sum = torch.zeros((), device=source.device)
+    correct = torch.zeros((), device=source.device)
+    for _, x, y in source.epoch():
+        with autocast():
+            logits = model(x)
+        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(dim=-1) == y).sum()
+    return loss_sum.item() / source.size, correct.item() / source.size
+
+
+def train(
+    task: Task,
+    config: TrainConfig,
+    *,
+    teacher: TeacherLogits | nn.Module | None = None,
+    build_model: Callable[[], nn.Module] | None = None,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+    on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    resume: dict[str, Any] | None = None,
+    deadline: float | None = None,
+) -> TrainResult:
+    """Train a student of ``task`` (``task.build_student(config.ratio)``) by distillation.
+
+    ``teacher`` is cached logits (no teacher forward pass at all), a live teacher module, or
+    None for plain cross-entropy (then ``alpha`` must be 0). ``on_epoch`` may raise
+    ``StopTraining(reason)`` to stop after that epoch. ``on_checkpoint`` receives the full
+    training state after every epoch; pass such a state back as ``resume`` to continue from it.
+    ``deadline`` is a ``time.time()`` value: training stops at it, inside the epoch if need be.
+    """
+    if teacher is None and config.alpha > 0:
+        raise ValueError("alpha > 0 needs a teacher: pass cached TeacherLogits or a teacher module")
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    use_amp = config.amp and device.type == "cuda"
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
+
+    # Data: a stratified, nested subset of the training split; cached logits follow it.
+    splits = task.splits()
+    kept = fraction_indices(labels_of(splits.train), config.data_fraction, config.seed)
+    train_source = BatchSource(take(splits.train, kept), config.batch_size, device, config.num_workers)
+    val_source = BatchSource(splits.val, config.batch_size * 4, device, config.num_workers)
+    cached = teacher.train[kept].to(device) if isinstance(teacher, TeacherLogits) else None
+    if isinstance(teacher, nn.Module):
+        teacher = teacher.to(device).eval()
+
+    # Model and optimizer, seeded so a run is reproducible.
+    torch.manual_seed(config.seed)
+    model = (build_model or (lambda: task.build_student(config.ratio)))().to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train_source) / config.grad_accum_steps)
+    total_steps = config.epochs * steps_per_epoch
+    better = (lambda new, old: new > old + config.min_delta) if config.monitor == "val_acc" else (
+        lambda new, old: new < old - config.min_delta)
+    state = {"epoch": 0, "step": 0, "best_score": None, "best_epoch": 0, "bad_epochs": 0,
+             "best_state": None, "history": []}
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        state.update({key: resume[key] for key in state})
+    history = [EpochResult(**h) for h in state["history"]]
+    stop_reason = "completed"
+
+    for epoch in range(state["epoch"] + 1, config.epochs + 1):
+        epoch_start = time.perf_counter()
+        model.train()
+        sums = torch.zeros(3, device=device)  # total, kd, ce loss summed over samples
+        seen = 0
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+        for i, (positions, x, y) in enumerate(train_source.epoch(generator)):
+            # Forward and backward; the teacher's logits come from the cache when given.
+            with autocast():
+                logits = model(x)
+                if cached is not None:
+                    teacher_logits = cached[positions]
+                elif teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits = teacher(x)
+                else:
+                    teacher_logits = None
+            loss = kd_loss(logits.float(), teacher_logits, y, temperature=config.temperature,
+                           alpha=config.alpha, label_smoothing=config.label_smoothing)
+            (loss.total / config.grad_accum_steps).backward()
+            sums += torch.stack(loss).detach() * len(y)
+            seen += len(y)
+
+            # Optimizer step every grad_accum_steps batches, with clipping and the lr schedule.
+            if (i + 1) % config.grad_accum_steps == 0 or i + 1 == len(train_source):
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(state["step"], total_steps, config)
+                if config.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                state["step"] += 1
+
+            # Stop inside the epoch on divergence or at the deadline.
+            if (i + 1) % _DIVERGENCE_CHECK_EVERY == 0 and not math.isfinite(sums[0].item()):
+                stop_reason = "diverged"
+                break
+            if deadline is not None and time.time() >= deadline:
+                stop_reason = "deadline"
+                break
+        if stop_reason == "completed" and not math.isfinite(sums[0].item()):
+            stop_reason = "diverged"
+        if stop_reason == "diverged" or (stop_reason == "deadline" and state["best_state"] is not None):
+            break  # a partial epoch is only worth validating when nothing better exists yet
+
+        # Validate, keep the best weights, and let the hook see the epoch.
+        val_loss, val_acc = evaluate(model, val_source, autocast)
+        epoch_time = time.perf_counter() - epoch_start
+        train_loss, kd_part, ce_part = (sums / max(seen, 1)).tolist()
+        result = EpochResult(epoch, train_loss, kd_part, ce_part, val_loss, val_acc,
+                             optimizer.param_groups[0]["lr"], epoch_time, seen / epoch_time)
+        history.append(result)
+        state["epoch"] = epoch
+        score = val_acc if config.monitor == "val_acc" else val_loss
+        if state["best_score"] is None or better(score, state["best_score"]):
+            state.update(best_score=score, best_epoch=epoch, bad_epochs=0,
+                         best_state={k: v.detach().clone() for k, v in model.state_dict().items()})
+        else:
+            state["bad_epochs"] += 1
+        if on_checkpoint is not None:
+            state["history"] = [asdict(h) for h in history]
+            on_checkpoint({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict()})
+        if stop_reason == "deadline":
+            break
+        try:
+            if on_epoch is not None:
+                on_epoch(result)
+        except StopTraining as stop:
+            stop_reason = stop.reason
+            break
+        if config.patience and state["bad_epochs"] >= config.patience:
+            stop_reason = "early_stopped"
+            break
+        if deadline is not None and time.time() >= deadline:
+            stop_reason = "deadline"
+            break
+
+    # Report the best epoch's weights, scored once on the test split.
+    best_state = state["best_state"] or model.state_dict()
+    model.load_state_dict(best_state)
+    _, test_acc = evaluate(model, BatchSource(splits.test, config.batch_size * 4, device), autocast)
+    params, size = count_parameters(model)
+    best = next((h for h in history if h.epoch == state["best_epoch"]), None)
+    return TrainResult(
+        best_val_acc=best.val_acc if best else 0.0,
+        best_epoch=state["best_epoch"],
+        epochs_run=len(history),
+        stop_reason=stop_reason,
+        test_acc=test_acc,
+        train_time_s=time.perf_counter() - started,
+        student_params=params,
+        student_size_bytes=size,
+        state_dict={k: v.detach().cpu() for k, v in best_state.items()},
+        history=history,
+    )

@@ -1,0 +1,76 @@
+"""Where kdsweep keeps things: the store folder, its MLflow database and artifacts, caches."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+DEFAULT_STORE = "mlruns"
+
+
+@dataclass(frozen=True)
+class Store:
+    """The local store (``./mlruns`` by default) and the MLflow tracking URI that goes with it.
+
+    By default MLflow runs embedded: a SQLite database ``<root>/mlflow.db`` with artifacts under
+    ``<root>/artifacts``. ``tracking_uri`` (or ``MLFLOW_TRACKING_URI``) points MLflow elsewhere;
+    teachers and the teacher-output cache stay under ``root`` either way.
+    """
+
+    root: Path
+    tracking_uri: str
+
+    @classmethod
+    def resolve(cls, root: str | Path | None = None, tracking_uri: str | None = None) -> Store:
+        root = Path(root or os.environ.get("KDSWEEP_STORE") or DEFAULT_STORE).resolve()
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+        return cls(root, uri)
+
+    @property
+    def embedded(self) -> bool:
+        """True when MLflow writes to this store's own SQLite file."""
+        return self.tracking_uri == f"sqlite:///{self.root / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def teacher_cache(self) -> Path:
+        return self.root / ".cache" / "teacher"
+
+    def client(self) -> MlflowClient:
+        """An MlflowClient on this store, creating the embedded database on first use."""
+        _quiet_mlflow()
+        from mlflow import MlflowClient
+
+        if self.embedded:
+            self.root.mkdir(parents=True, exist_ok=True)
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+    def experiment(self, client: MlflowClient, name: str) -> str:
+        """The id of experiment ``name``, created (artifacts under this store) if missing."""
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = (self.artifact_root / name).as_uri() if self.embedded else None
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except Exception:
+            # Another process created it between our lookup and create: use theirs.
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+
+def _quiet_mlflow() -> None:
+    """MLflow's database migrations log a screenful at INFO on first use; keep warnings only."""
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent", "mlflow.store"):
+        logging.getLogger(name).setLevel(logging.WARNING)

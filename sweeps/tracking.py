@@ -1,0 +1,99 @@
+"""MLflow logging of one training run: params, one log_batch per epoch, results, checkpoint.
+
+``kdsweep train`` and every sweep trial log through ``RunLogger``, so their runs look alike.
+It uses MlflowClient with explicit run ids (never the fluent API's thread-local active run),
+so it works the same inside worker processes and threads.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kdcore import EpochResult, TrainConfig, TrainResult
+from kdcore._files import save_atomic
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+STUDENT_FORMAT = "kdsweep.student/1"
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_FILE = "student.pt"
+
+
+def student_checkpoint(task_spec: str, num_classes: int, config: TrainConfig, result: TrainResult,
+                       metrics: dict[str, float]) -> dict[str, Any]:
+    """The checkpoint dict: weights plus what rebuilds the student (``task.build_student(ratio)``)."""
+    return {
+        "format": STUDENT_FORMAT,
+        "task": task_spec,
+        "num_classes": num_classes,
+        "ratio": config.ratio,
+        "config": config.model_dump(),
+        "state_dict": result.state_dict,
+        "metrics": metrics,
+    }
+
+
+def final_metrics(result: TrainResult, teacher_test_acc: float) -> dict[str, float]:
+    """The numbers a finished run reports, retention against the teacher included."""
+    return {
+        "best_val_acc": result.best_val_acc,
+        "test_acc": result.test_acc,
+        "teacher_test_acc": teacher_test_acc,
+        "retention": result.test_acc / teacher_test_acc if teacher_test_acc else 0.0,
+        "train_time_s": result.train_time_s,
+        "student_params": float(result.student_params),
+        "student_size_bytes": float(result.student_size_bytes),
+        "best_epoch": float(result.best_epoch),
+        "epochs_run": float(result.epochs_run),
+    }
+
+
+class RunLogger:
+    """One MLflow run, written through an explicit client and run id."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    @classmethod
+    def start(cls, client: MlflowClient, experiment_id: str, run_name: str, *,
+              params: dict[str, Any], tags: dict[str, str] | None = None,
+              parent_run_id: str | None = None) -> RunLogger:
+        from mlflow.entities import Param
+
+        tags = dict(tags or {})
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+        logger = cls(client, run.info.run_id)
+        client.log_batch(logger.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        return logger
+
+    def log_epoch(self, epoch: EpochResult) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[
+            Metric(name, float(value), now, epoch.epoch) for name, value in epoch.metrics().items()])
+
+    def log_metrics(self, metrics: dict[str, float], tags: dict[str, str] | None = None) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                              tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
+
+    def log_checkpoint(self, checkpoint: dict[str, Any]) -> str:
+        """Store the checkpoint as artifact ``checkpoint/student.pt``; returns its URI."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / CHECKPOINT_FILE
+            save_atomic(checkpoint, path)
+            self.client.log_artifact(self.run_id, str(path), artifact_path=CHECKPOINT_DIR)
+        return f"runs:/{self.run_id}/{CHECKPOINT_DIR}/{CHECKPOINT_FILE}"
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
