@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from cli import run as run_commands
 from cli import train as train_commands
 
 app = typer.Typer(
@@ -13,6 +14,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.command(rich_help_panel="Search")(run_commands.run)
 app.command(rich_help_panel="Train")(train_commands.train)
 app.command(rich_help_panel="Train")(train_commands.teacher)
 

@@ -24,6 +24,7 @@ TaskOpt = Annotated[Optional[str], typer.Option(
 def train(
     task: TaskOpt = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file with any of these settings; flags override it.")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Start from a named preset: quick, conservative, balanced, aggressive, quality, fast, full.")] = None,
     temperature: Annotated[Optional[float], typer.Option(help="Softmax temperature T > 0.")] = None,
     alpha: Annotated[Optional[float], typer.Option(help="Weight of the distillation term, in [0, 1].")] = None,
     ratio: Annotated[Optional[float], typer.Option(help="Student width / teacher width, in (0, 1].")] = None,
@@ -45,9 +46,11 @@ def train(
 ) -> None:
     """Train one student by distillation and log it to MLflow."""
     from kdcore import DEFAULT_TASK, TrainConfig, get_task, make_config
+    from kdcore import preset as preset_settings
 
-    # Validate everything before anything is written.
-    settings = read_yaml(config) if config else {}
+    # Validate everything before anything is written. Precedence: preset < YAML file < flags.
+    settings = preset_settings(preset) if preset else {}
+    settings.update(read_yaml(config) if config else {})
     settings.update(given(task=task, temperature=temperature, alpha=alpha, ratio=ratio, lr=lr, epochs=epochs,
                           data_fraction=data_fraction, batch_size=batch_size, patience=patience,
                           min_delta=min_delta, weight_decay=weight_decay, label_smoothing=label_smoothing,

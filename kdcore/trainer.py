@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -85,6 +87,14 @@ def learning_rate(step: int, total_steps: int, config: TrainConfig) -> float:
     return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _time_to_stop(deadline: float | None, interrupt: threading.Event | None) -> str | None:
+    if interrupt is not None and interrupt.is_set():
+        return "interrupted"
+    if deadline is not None and time.time() >= deadline:
+        return "deadline"
+    return None
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(number of parameters, bytes of the state_dict's tensors)."""
     params = sum(p.numel() for p in model.parameters())
@@ -116,6 +126,7 @@ def train(
     on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
     resume: dict[str, Any] | None = None,
     deadline: float | None = None,
+    interrupt: threading.Event | None = None,
 ) -> TrainResult:
     """Train a student of ``task`` (``task.build_student(config.ratio)``) by distillation.
 
@@ -123,7 +134,8 @@ def train(
     None for plain cross-entropy (then ``alpha`` must be 0). ``on_epoch`` may raise
     ``StopTraining(reason)`` to stop after that epoch. ``on_checkpoint`` receives the full
     training state after every epoch; pass such a state back as ``resume`` to continue from it.
-    ``deadline`` is a ``time.time()`` value: training stops at it, inside the epoch if need be.
+    ``deadline`` is a ``time.time()`` value: training stops at it, inside the epoch if need be;
+    setting ``interrupt`` (a first Ctrl-C, say) stops the same way with stop_reason "interrupted".
     """
     if teacher is None and config.alpha > 0:
         raise ValueError("alpha > 0 needs a teacher: pass cached TeacherLogits or a teacher module")
@@ -197,12 +209,13 @@ def train(
             if (i + 1) % _DIVERGENCE_CHECK_EVERY == 0 and not math.isfinite(sums[0].item()):
                 stop_reason = "diverged"
                 break
-            if deadline is not None and time.time() >= deadline:
-                stop_reason = "deadline"
+            stop_reason = _time_to_stop(deadline, interrupt) or stop_reason
+            if stop_reason != "completed":
                 break
         if stop_reason == "completed" and not math.isfinite(sums[0].item()):
             stop_reason = "diverged"
-        if stop_reason == "diverged" or (stop_reason == "deadline" and state["best_state"] is not None):
+        cut_short = stop_reason in ("deadline", "interrupted")
+        if stop_reason == "diverged" or (cut_short and state["best_state"] is not None):
             break  # a partial epoch is only worth validating when nothing better exists yet
 
         # Validate, keep the best weights, and let the hook see the epoch.
@@ -221,8 +234,9 @@ def train(
             state["bad_epochs"] += 1
         if on_checkpoint is not None:
             state["history"] = [asdict(h) for h in history]
-            on_checkpoint({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict()})
-        if stop_reason == "deadline":
+            # A snapshot: state_dict() tensors alias the live weights, which later epochs change.
+            on_checkpoint(copy.deepcopy({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict()}))
+        if cut_short:
             break
         try:
             if on_epoch is not None:
@@ -233,8 +247,8 @@ def train(
         if config.patience and state["bad_epochs"] >= config.patience:
             stop_reason = "early_stopped"
             break
-        if deadline is not None and time.time() >= deadline:
-            stop_reason = "deadline"
+        stop_reason = _time_to_stop(deadline, interrupt) or stop_reason
+        if stop_reason != "completed":
             break
 
     # Report the best epoch's weights, scored once on the test split.

@@ -1,0 +1,76 @@
+"""`kdsweep run`: the Optuna search under a time budget."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cli._common import given, read_yaml, user_errors
+from cli.train import StoreOpt, TaskOpt, TrackingOpt
+
+_SEARCH = "Search"
+
+
+@user_errors
+def run(
+    task: TaskOpt = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="Sweep YAML: run options, `space:` and fixed `train:` settings.")] = None,
+    budget: Annotated[Optional[str], typer.Option(help="Wall-clock budget of the whole run, teacher included: 2h, 45m, 90s [default: 15m].")] = None,
+    n_trials: Annotated[Optional[int], typer.Option(help="Stop after this many trials (in this run).")] = None,
+    study: Annotated[Optional[str], typer.Option(help="Study name; an existing study resumes [default: the config file's name, else the task].")] = None,
+    jobs: Annotated[Optional[int], typer.Option(help="Parallel worker processes [default: 1].")] = None,
+    sampler: Annotated[Optional[str], typer.Option(help="tpe, random, grid, cmaes or qmc [default: tpe].", rich_help_panel=_SEARCH)] = None,
+    pruner: Annotated[Optional[str], typer.Option(help="median, hyperband or none [default: median].", rich_help_panel=_SEARCH)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Sampler seed [default: 0].", rich_help_panel=_SEARCH)] = None,
+    min_epochs: Annotated[Optional[int], typer.Option(help="A trial starts only if this many epochs fit in the time left; pruning starts after them [default: 3].", rich_help_panel=_SEARCH)] = None,
+    enqueue_presets: Annotated[Optional[bool], typer.Option("--enqueue-presets", help="Try the named presets first.", rich_help_panel=_SEARCH)] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage: sqlite:///f.db, postgresql://..., or a journal file [default: <store>/optuna.journal].", rich_help_panel="Store")] = None,
+    store: StoreOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Search T, alpha, compression ratio and lr with Optuna under a time budget; log every trial to MLflow."""
+    started = time.time()
+    from kdcore import DEFAULT_TASK, make_config
+    from sweeps.budget import parse_budget
+    from sweeps.plan import SweepPlan
+    from sweeps.search import check_sweep
+    from sweeps.storage import default_storage_url
+    from sweeps.store import Store
+    from sweeps.sweep_file import DEFAULT_BUDGET, SweepFile
+
+    # Everything is checked before anything is written. Precedence: defaults < file < flags.
+    text = config.read_text() if config and config.is_file() else None
+    file = make_config(SweepFile, **(read_yaml(config) if config else {}))
+    options = {**file.model_dump(exclude_none=True), **given(
+        task=task, budget=budget, n_trials=n_trials, study=study, jobs=jobs, sampler=sampler, pruner=pruner,
+        seed=seed, min_epochs=min_epochs, enqueue_presets=enqueue_presets, storage=storage)}
+    task_spec = options.get("task", DEFAULT_TASK)
+    paths = Store.resolve(store, tracking_uri)
+    plan = SweepPlan(
+        study=options.get("study") or (config.stem if config else task_spec.replace(":", "-")),
+        task=task_spec, store_root=str(paths.root), tracking_uri=paths.tracking_uri,
+        storage_url=options.get("storage") or default_storage_url(paths.root),
+        space=options.get("space"), fixed=options.get("train", {}),
+        sampler=options.get("sampler", "tpe"), pruner=options.get("pruner", "median"),
+        seed=options.get("seed", 0), budget_s=parse_budget(options.get("budget", DEFAULT_BUDGET)),
+        started_at=started, min_epochs=options.get("min_epochs", 3), n_trials=options.get("n_trials"),
+        jobs=options.get("jobs", 1))
+    check_sweep(plan, bool(options.get("enqueue_presets")))
+
+    from cli.sweep_view import print_summary, sweep_view
+    from sweeps.search import run_sweep
+
+    paths.root.mkdir(parents=True, exist_ok=True)
+    try:
+        with sweep_view() as view:
+            summary = run_sweep(plan, view, enqueue_presets=bool(options.get("enqueue_presets")), sweep_file=text)
+    except KeyboardInterrupt:
+        typer.echo("aborted: running trials were marked FAIL and will resume from their checkpoints "
+                   f"with `kdsweep run --study {plan.study}`", err=True)
+        raise typer.Exit(130) from None
+    print_summary(summary)
+    if summary.interrupted:
+        raise typer.Exit(130)

@@ -1,0 +1,116 @@
+"""How a running sweep looks: a Rich live panel on a terminal, plain periodic lines elsewhere."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from rich.console import Group
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TextColumn
+from rich.table import Table
+from rich.text import Text
+
+from cli._common import console
+
+if TYPE_CHECKING:
+    from sweeps.search import Snapshot, SweepSummary
+
+_PLAIN_EVERY_S = 10.0
+
+
+def _params(params: dict) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def _status_line(s: Snapshot) -> str:
+    c = s.counts
+    best = (f"best val_acc {s.best[1]:.4f} (trial {s.best[0]}: {_params(s.best[2])})" if s.best
+            else "no finished trial yet")
+    return (f"[{s.elapsed_s:.0f}s/{s.budget_s:.0f}s] {s.phase}: {c.get('COMPLETE', 0)} complete, "
+            f"{c.get('PRUNED', 0)} pruned, {c.get('FAIL', 0)} failed, {c.get('RUNNING', 0)} running; {best}"
+            + (f"; {s.note}" if s.note else ""))
+
+
+class LiveView:
+    """A panel redrawn in place: budget bar, trial counts, best so far, running trials."""
+
+    def __enter__(self) -> LiveView:
+        self.bar = Progress(TextColumn("budget"), BarColumn(), TextColumn("{task.fields[text]}"), console=console)
+        self.bar_task = self.bar.add_task("budget", total=1.0, text="")
+        self.live = Live(console=console, refresh_per_second=4, transient=False)
+        self.live.start()
+        return self
+
+    def update(self, s: Snapshot) -> None:
+        left = max(0.0, s.budget_s - s.elapsed_s)
+        self.bar.update(self.bar_task, completed=min(1.0, s.elapsed_s / s.budget_s),
+                        text=f"{s.elapsed_s:.0f}s elapsed, {left:.0f}s left")
+        c = s.counts
+        lines = [Text(f"{s.phase}: {c.get('COMPLETE', 0)} complete, {c.get('PRUNED', 0)} pruned, "
+                      f"{c.get('FAIL', 0)} failed, {c.get('RUNNING', 0)} running" + (f"  ({s.note})" if s.note else ""))]
+        if s.best:
+            lines.append(Text(f"best val_acc {s.best[1]:.4f}  trial {s.best[0]}: {_params(s.best[2])}"))
+        for number, epoch in s.running:
+            lines.append(Text(f"  trial {number}: epoch {epoch}"))
+        self.live.update(Group(self.bar.get_renderable(), *lines))
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.live.stop()
+
+
+class PlainView:
+    """A status line every few seconds and at each phase change: no control characters."""
+
+    def __enter__(self) -> PlainView:
+        self.last = 0.0
+        self.phase = None
+        return self
+
+    def update(self, s: Snapshot) -> None:
+        now = time.monotonic()
+        if s.phase != self.phase or now - self.last >= _PLAIN_EVERY_S:
+            console.print(_status_line(s), highlight=False, soft_wrap=True, markup=False)
+            self.last, self.phase = now, s.phase
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+
+def sweep_view():
+    return LiveView() if console.is_terminal else PlainView()
+
+
+def print_summary(summary: SweepSummary, top: int = 10) -> None:
+    """The top trials, the teacher / no-KD / KD comparison, and where to look next."""
+    from optuna.trial import TrialState
+
+    done = [t for t in summary.trials if t.state == TrialState.COMPLETE and t.value is not None]
+    done.sort(key=lambda t: t.value, reverse=True)
+    table = Table(title=f"top trials of study '{summary.study}'")
+    names = list(done[0].params) if done else []
+    for column in ["trial", *names, "val_acc", "test_acc", "params", "train s"]:
+        table.add_column(column, justify="right")
+    for t in done[:top]:
+        table.add_row(str(t.number), *[f"{t.params[n]:.3g}" if isinstance(t.params[n], float) else str(t.params[n])
+                                       for n in names],
+                      f"{t.value:.4f}", f"{t.user_attrs.get('test_acc', float('nan')):.4f}",
+                      str(t.user_attrs.get("student_params", "")), f"{t.user_attrs.get('train_time_s', 0):.1f}")
+    console.print(table)
+    c = summary.comparison
+    if c:
+        line = (f"teacher test_acc {c['teacher_test_acc']:.4f} | distilled student {c['distilled_test_acc']:.4f} "
+                f"(retention {c['retention']:.3f})")
+        if "nokd_test_acc" in c:
+            line += f" | no-KD student {c['nokd_test_acc']:.4f} | KD gain {c['kd_gain']:+.4f}"
+        console.print(line, highlight=False, soft_wrap=True)
+    console.print(
+        f"{'interrupted' if summary.interrupted else 'done'} in {summary.wall_time_s:.1f}s of a "
+        f"{summary.budget_s:.0f}s budget (teacher {summary.teacher_time_s:.1f}s, cache {summary.cache_time_s:.2f}s)",
+        highlight=False, soft_wrap=True)
+    console.print(f"resume:     kdsweep run --study {summary.study} --storage {summary.storage_url}", highlight=False,
+                  soft_wrap=True, markup=False)
+    console.print(f"MLflow UI:  mlflow ui --backend-store-uri {summary.tracking_uri}", highlight=False,
+                  soft_wrap=True, markup=False)
+    console.print(f"dashboard:  optuna-dashboard {summary.storage_url}", highlight=False, soft_wrap=True,
+                  markup=False)

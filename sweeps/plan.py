@@ -1,0 +1,93 @@
+"""SweepPlan: everything a worker needs to run trials, and the budget arithmetic."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sweeps.samplers import make_pruner, make_sampler
+from sweeps.space import SearchSpace
+
+if TYPE_CHECKING:
+    import optuna
+
+# Share of the budget kept back at first for the no-distillation baseline and the summary,
+# before any trial has been timed; afterwards the median trial time, within these bounds.
+_RESERVE_SHARE = (0.05, 0.25)
+_CLOSE_MARGIN_S = 2.0  # closing runs and writing the summary after the last stop
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """Picklable settings of one ``kdsweep run`` invocation (sent to worker processes)."""
+
+    study: str
+    task: str
+    store_root: str
+    tracking_uri: str
+    storage_url: str
+    space: dict[str, Any] | None
+    fixed: dict[str, Any]
+    sampler: str
+    pruner: str
+    seed: int
+    budget_s: float
+    started_at: float
+    min_epochs: int
+    n_trials: int | None = None
+    experiment_id: str = ""
+    parent_run_id: str = ""
+    first_trial_number: int = 0
+    jobs: int = 1
+    grid_points: int = 4
+
+    @property
+    def deadline(self) -> float:
+        return self.started_at + self.budget_s
+
+    def search_space(self) -> SearchSpace:
+        return SearchSpace.parse(self.space, self.fixed)
+
+    def sampler_for(self, worker: int) -> optuna.samplers.BaseSampler:
+        # Each worker gets its own seed so parallel workers do not propose the same points.
+        return make_sampler(self.sampler, self.search_space(), self.seed + worker, self.grid_points)
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        return make_pruner(self.pruner, self.min_epochs, self.search_space().max_epochs())
+
+    def reserve_s(self, trials: list[optuna.trial.FrozenTrial]) -> float:
+        """Time kept for the baseline at the end: about one trial, 5-25% of the budget."""
+        low, high = (share * self.budget_s for share in _RESERVE_SHARE)
+        times = [t.user_attrs["train_time_s"] for t in trials if "train_time_s" in t.user_attrs]
+        estimate = statistics.median(times) if times else low
+        return min(high, max(low, estimate)) + _CLOSE_MARGIN_S
+
+    def trials_deadline(self, trials: list[optuna.trial.FrozenTrial]) -> float:
+        """When trials must stop, leaving the reserve for the baseline."""
+        return self.deadline - self.reserve_s(trials)
+
+    def has_time_for_a_trial(self, trials: list[optuna.trial.FrozenTrial], now: float | None = None) -> bool:
+        """Start a trial only if it can reach ``min_epochs`` before the trials' deadline.
+
+        The estimate is the median measured epoch time of this study's trials, times
+        ``min_epochs``, plus the median per-trial overhead (run set-up, test pass, upload).
+        """
+        now = time.time() if now is None else now
+        left = self.trials_deadline(trials) - now
+        timed = [t.user_attrs for t in trials if "epoch_time_s" in t.user_attrs]
+        if not timed:
+            return left > 0
+        epoch = statistics.median(a["epoch_time_s"] for a in timed)
+        overhead = statistics.median(max(0.0, a["wall_time_s"] - a["epoch_time_s"] * a["epochs_run"])
+                                     for a in timed)
+        return left > epoch * self.min_epochs + overhead
+
+    def trials_left(self, trials: list[optuna.trial.FrozenTrial]) -> bool:
+        if self.n_trials is None:
+            return True
+        from optuna.trial import TrialState
+
+        started = [t for t in trials if t.number >= self.first_trial_number and t.state != TrialState.WAITING]
+        return len(started) < self.n_trials

@@ -1,0 +1,50 @@
+"""Optuna samplers and pruners by the names the CLI accepts."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kdcore import ConfigError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from sweeps.space import SearchSpace
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc")
+PRUNERS = ("median", "hyperband", "none")
+
+
+def check_names(sampler: str, pruner: str) -> None:
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"unknown sampler '{sampler}' (choose from {', '.join(SAMPLERS)})")
+    if pruner not in PRUNERS:
+        raise ConfigError(f"unknown pruner '{pruner}' (choose from {', '.join(PRUNERS)})")
+
+
+def make_sampler(name: str, space: SearchSpace, seed: int | None, grid_points: int = 4) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    check_names(name, "none")
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        return optuna.samplers.GridSampler(space.grid(grid_points), seed=seed)
+    if name == "cmaes":
+        # CMA-ES handles only numeric ranges; choices fall back to independent random sampling.
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+
+
+def make_pruner(name: str, min_epochs: int, max_epochs: int) -> optuna.pruners.BasePruner:
+    """Pruners never judge a trial before ``min_epochs``: early epochs of KD are noisy."""
+    import optuna
+
+    check_names("tpe", name)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=min_epochs)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=min_epochs, max_resource=max_epochs)
+    return optuna.pruners.NopPruner()

@@ -1,0 +1,352 @@
+"""``kdsweep run``: an Optuna search over KD settings under a wall-clock budget, tracked in MLflow.
+
+The invocation, in order: validate everything (nothing written on bad input); ready the teacher
+and its cached outputs; open the study's MLflow parent run and Optuna study; reap trials whose
+worker died; start the workers; watch them (live view, heartbeats, best so far) until the budget
+or trial count ends; train the best configuration once more without distillation; report.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from kdcore import ConfigError, preset
+from kdcore.presets import PRESETS
+from sweeps.distill import Prepared, prepare, run_params, train_logged
+from sweeps.leases import reap_stale_trials
+from sweeps.plan import SweepPlan
+from sweeps.samplers import check_names
+from sweeps.space import SearchSpace
+from sweeps.storage import check_storage_url, default_storage_url, open_storage
+from sweeps.store import Store
+from sweeps.tracking import RunLogger
+from sweeps.worker import process_main, work
+
+if TYPE_CHECKING:
+    import optuna
+    from mlflow import MlflowClient
+
+STUDY_KIND = "study"
+_POLL_S = 0.5
+_REAP_EVERY_S = 10.0
+
+
+@dataclass
+class Snapshot:
+    """What the live view shows."""
+
+    phase: str
+    elapsed_s: float
+    budget_s: float
+    counts: dict[str, int] = field(default_factory=dict)
+    running: list[tuple[int, int]] = field(default_factory=list)  # (trial number, epoch)
+    best: tuple[int, float, dict[str, Any]] | None = None
+    note: str = ""
+
+
+class SweepView(Protocol):
+    def update(self, snapshot: Snapshot) -> None: ...
+
+
+@dataclass
+class SweepSummary:
+    study: str
+    experiment_id: str
+    parent_run_id: str
+    storage_url: str
+    tracking_uri: str
+    wall_time_s: float
+    budget_s: float
+    teacher_time_s: float
+    cache_time_s: float
+    trials: list[optuna.trial.FrozenTrial]
+    comparison: dict[str, float]
+    interrupted: bool
+
+
+def check_sweep(plan: SweepPlan, enqueue_presets: bool) -> SearchSpace:
+    """Everything that can be checked without writing: names, storage URL, space, flags."""
+    from kdcore import get_task
+
+    check_names(plan.sampler, plan.pruner)
+    check_storage_url(plan.storage_url)
+    space = plan.search_space()
+    get_task(plan.task)
+    if plan.jobs < 1:
+        raise ConfigError(f"--jobs {plan.jobs} is not allowed: use 1 or more worker processes")
+    if plan.n_trials is not None and plan.n_trials < 1:
+        raise ConfigError(f"--n-trials {plan.n_trials} is not allowed: use 1 or more")
+    if plan.min_epochs < 1 or plan.min_epochs > space.max_epochs():
+        raise ConfigError(f"min_epochs={plan.min_epochs} must be between 1 and the trials' epochs "
+                          f"({space.max_epochs()})")
+    if plan.sampler == "grid" and enqueue_presets:
+        raise ConfigError("--enqueue-presets conflicts with --sampler grid: a grid visits its own points")
+    _check_resume_matches(plan, space)
+    return space
+
+
+def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False,
+              sweep_file: str | None = None) -> SweepSummary:
+    """Run the sweep described by ``plan`` (already checked with ``check_sweep``)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = plan.search_space()
+    store = Store(Path(plan.store_root), plan.tracking_uri)
+    view.update(Snapshot("teacher", time.time() - plan.started_at, plan.budget_s, note="preparing the teacher"))
+    prepared = prepare(plan.task, store, device=space.fixed.get("device", "auto"))
+    teacher_time = prepared.teacher.train_time_s if prepared.teacher.trained_now else 0.0
+
+    # The MLflow experiment, parent run and study are created here, once, before any worker
+    # starts: concurrent creation of a fresh SQLite store races.
+    client = store.client()
+    experiment_id = store.experiment(client, plan.study)
+    parent = _open_parent_run(client, experiment_id, plan, space, prepared)
+    study = optuna.create_study(study_name=plan.study, storage=open_storage(plan.storage_url),
+                                direction="maximize", load_if_exists=True)
+    study.set_user_attr("kdsweep.space", space.describe())
+    study.set_user_attr("kdsweep.task", plan.task)
+    invocation = int(study.user_attrs.get("kdsweep.invocations", 0)) + 1
+    study.set_user_attr("kdsweep.invocations", invocation)
+    plan = replace(plan, experiment_id=experiment_id, parent_run_id=parent.run_id,
+                   first_trial_number=len(study.trials))
+    reap_stale_trials(study, client)
+    if enqueue_presets:
+        _enqueue_presets(study, space)
+    _log_invocation(parent, plan, prepared, teacher_time, invocation, sweep_file)
+
+    interrupted = threading.Event()
+    workers = _start_workers(plan, interrupted)
+    try:
+        with _ctrl_c_sets(interrupted):
+            _watch(study, plan, workers, client, parent, view, interrupted)
+        comparison = {}
+        if not interrupted.is_set():
+            view.update(_snapshot(study, plan, "baseline", note="training the no-KD baseline"))
+            comparison = _baseline(study, plan, space, prepared, client)
+    except KeyboardInterrupt:  # the second Ctrl-C: abort now, leaving nothing RUNNING
+        _abort(workers, study, client, parent)
+        raise
+    trials = study.get_trials(deepcopy=False)
+    wall = time.time() - plan.started_at
+    counts = _counts(trials)
+    parent.log_metrics({**comparison, "wall_time_s": wall, "budget_s": plan.budget_s,
+                        **{f"trials_{state.lower()}": n for state, n in counts.items()}},
+                       tags={"state": "INTERRUPTED" if interrupted.is_set() else "FINISHED"})
+    if comparison:
+        client.log_dict(parent.run_id, comparison, "comparison.json")
+    parent.finish("KILLED" if interrupted.is_set() else "FINISHED")
+    view.update(_snapshot(study, plan, "done"))
+    return SweepSummary(plan.study, experiment_id, parent.run_id, plan.storage_url, plan.tracking_uri, wall,
+                        plan.budget_s, teacher_time, prepared.outputs.build_time_s, trials, comparison,
+                        interrupted.is_set())
+
+
+def _check_resume_matches(plan: SweepPlan, space: SearchSpace) -> None:
+    """A study resumes only with the same task and search space (read without writing)."""
+    import optuna
+
+    if not plan.storage_url.startswith(("sqlite", "postgresql", "mysql")) and not Path(plan.storage_url).exists():
+        return  # no journal yet: nothing to resume, and opening it would create the file
+    if plan.storage_url.startswith("sqlite:///") and not Path(plan.storage_url.removeprefix("sqlite:///")).exists():
+        return
+    storage = open_storage(plan.storage_url)
+    if plan.study not in {s.study_name for s in storage.get_all_studies()}:
+        return
+    attrs = optuna.load_study(study_name=plan.study, storage=storage).user_attrs
+    if attrs.get("kdsweep.task", plan.task) != plan.task:
+        raise ConfigError(f"study '{plan.study}' was run on task '{attrs['kdsweep.task']}', not '{plan.task}': "
+                          "use another --study")
+    if attrs.get("kdsweep.space", space.describe()) != space.describe():
+        raise ConfigError(f"study '{plan.study}' was run with another search space "
+                          f"({attrs['kdsweep.space']}): use another --study to search a new space")
+
+
+def _open_parent_run(client: MlflowClient, experiment_id: str, plan: SweepPlan, space: SearchSpace,
+                     prepared: Prepared) -> RunLogger:
+    """The study's parent run: reopened on resume, created with the study's fixed params otherwise."""
+    found = client.search_runs([experiment_id], filter_string=f"tags.`kdsweep.kind` = '{STUDY_KIND}'",
+                               max_results=1)
+    if found:
+        client.update_run(found[0].info.run_id, status="RUNNING")
+        return RunLogger(client, found[0].info.run_id)
+    params = {"task": plan.task, **{f"space.{k}": v for k, v in space.describe().items()},
+              "teacher_digest": prepared.teacher.digest[:16]}
+    return RunLogger.start(client, experiment_id, plan.study, params=params,
+                           tags={"kdsweep.kind": STUDY_KIND, "optuna.study": plan.study})
+
+
+def _log_invocation(parent: RunLogger, plan: SweepPlan, prepared: Prepared, teacher_time: float,
+                    invocation: int, sweep_file: str | None) -> None:
+    parent.log_metrics({"teacher_test_acc": prepared.teacher.test_acc, "teacher_train_time_s": teacher_time,
+                        "cache_build_time_s": prepared.outputs.build_time_s},
+                       tags={"budget": f"{plan.budget_s:g}s", "sampler": plan.sampler, "pruner": plan.pruner,
+                             "jobs": str(plan.jobs), "invocations": str(invocation),
+                             "storage": plan.storage_url, "mlflow.note.content": _note(plan)})
+    parent.client.log_dict(parent.run_id, plan.search_space().describe(), "space.json")
+    if sweep_file is not None:
+        parent.client.log_text(parent.run_id, sweep_file, "sweep.yaml")
+
+
+def _note(plan: SweepPlan) -> str:
+    return (f"kdsweep study `{plan.study}` on task `{plan.task}`. Child runs are Optuna trials; "
+            f"filter with `tags.state = 'COMPLETE'`. Resume: `kdsweep run --study {plan.study}`.")
+
+
+def _enqueue_presets(study: optuna.Study, space: SearchSpace) -> None:
+    """Put the named presets first, keeping the values that fall inside the search space."""
+    for name in PRESETS:
+        values = preset(name)
+        params = {k: v for k, v in values.items() if k in space.dimensions and space.dimensions[k].contains(v)}
+        if params:
+            study.enqueue_trial(params, user_attrs={"kdsweep.preset": name}, skip_if_exists=True)
+
+
+def _start_workers(plan: SweepPlan, interrupted: threading.Event) -> list:
+    if plan.jobs == 1:
+        thread = threading.Thread(target=work, args=(plan, 0, interrupted), name="kdsweep-worker", daemon=True)
+        thread.start()
+        return [thread]
+    context = multiprocessing.get_context("spawn")
+    shared = context.Event()
+    threads = max(1, (os.cpu_count() or 1) // plan.jobs)
+    processes = [context.Process(target=process_main, args=(plan, i, shared, threads), daemon=False)
+                 for i in range(plan.jobs)]
+    for process in processes:
+        process.start()
+    # Relay the first Ctrl-C (set on the thread Event) to the worker processes.
+    threading.Thread(target=lambda: (interrupted.wait(), shared.set()), daemon=True).start()
+    return processes
+
+
+class _ctrl_c_sets:
+    """First Ctrl-C sets ``event`` (finish gracefully); the second raises KeyboardInterrupt."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            self.previous = None
+            return
+        self.previous = signal.getsignal(signal.SIGINT)
+
+        def handle(signum, frame):
+            if self.event.is_set():
+                raise KeyboardInterrupt
+            self.event.set()
+
+        signal.signal(signal.SIGINT, handle)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def _watch(study: optuna.Study, plan: SweepPlan, workers: list, client: MlflowClient, parent: RunLogger,
+           view: SweepView, interrupted: threading.Event) -> None:
+    """Refresh the view, reap dead workers' trials and keep the parent's best-so-far current."""
+    last_reap = time.time()
+    best_number = None
+    while any(w.is_alive() for w in workers):
+        for w in workers:
+            w.join(timeout=_POLL_S / len(workers))
+        now = time.time()
+        if now - last_reap > _REAP_EVERY_S:
+            reap_stale_trials(study, client)
+            last_reap = now
+        snapshot = _snapshot(study, plan, "trials", note="finishing (Ctrl-C again aborts)" if interrupted.is_set() else "")
+        if snapshot.best and snapshot.best[0] != best_number:
+            best_number = snapshot.best[0]
+            _log_best(parent, study, best_number)
+        view.update(snapshot)
+    # Worker processes that died (killed, out of memory) leave RUNNING trials behind: reap them now.
+    dead = {w.pid for w in workers if isinstance(w, multiprocessing.process.BaseProcess)}
+    if dead:
+        reap_stale_trials(study, client, also_pids=dead)
+
+
+def _log_best(parent: RunLogger, study: optuna.Study, number: int) -> None:
+    trial = study.trials[number]
+    parent.log_metrics({"best_val_acc": trial.value, "best_test_acc": trial.user_attrs.get("test_acc", 0.0)},
+                       tags={"best_trial": str(number), "best_params": json.dumps(trial.params),
+                             "best_run_id": trial.user_attrs.get("mlflow_run_id", "")})
+
+
+def _counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
+    from optuna.trial import TrialState
+
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+    return {s.name: sum(t.state == s for t in trials) for s in states}
+
+
+def _best(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
+    from optuna.trial import TrialState
+
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    return max(complete, key=lambda t: t.value) if complete else None
+
+
+def _snapshot(study: optuna.Study, plan: SweepPlan, phase: str, note: str = "") -> Snapshot:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    best = _best(trials)
+    return Snapshot(
+        phase, time.time() - plan.started_at, plan.budget_s, _counts(trials),
+        [(t.number, int(t.user_attrs.get("epoch", 0))) for t in trials if t.state == TrialState.RUNNING],
+        (best.number, best.value, best.params) if best else None, note)
+
+
+def _baseline(study: optuna.Study, plan: SweepPlan, space: SearchSpace, prepared: Prepared,
+              client: MlflowClient) -> dict[str, float]:
+    """Train the best trial's configuration with alpha = 0 (same seed, same data): the no-KD student."""
+    best = _best(study.get_trials(deepcopy=False))
+    if best is None:
+        return {}
+    epoch_s = best.user_attrs.get("epoch_time_s", 0.0)
+    deadline = plan.deadline - 1.0
+    if time.time() + epoch_s * plan.min_epochs > deadline:
+        return _comparison(prepared, best, None)
+    config = space.config(best.params).model_copy(update={"alpha": 0.0})
+    logger = RunLogger.start(client, plan.experiment_id, "baseline-no-kd", params=run_params(prepared, config),
+                             tags={"kdsweep.kind": "baseline", "optuna.study": plan.study,
+                                   "kdsweep.baseline_of_trial": str(best.number),
+                                   "kdsweep.study_run_id": plan.parent_run_id})
+    run = train_logged(prepared, config, logger, deadline=deadline)
+    logger.log_metrics({}, tags={"state": "COMPLETE"})
+    logger.finish()
+    return _comparison(prepared, best, run.metrics["test_acc"])
+
+
+def _comparison(prepared: Prepared, best: optuna.trial.FrozenTrial, nokd_test_acc: float | None) -> dict[str, float]:
+    """Seeds 003/004's table: teacher, no-KD student, distilled student, retention, KD gain."""
+    teacher = prepared.teacher.test_acc
+    distilled = best.user_attrs["test_acc"]
+    table = {"teacher_test_acc": teacher, "distilled_test_acc": distilled, "best_trial": float(best.number),
+             "retention": distilled / teacher if teacher else 0.0,
+             "student_params": float(best.user_attrs["student_params"])}
+    if nokd_test_acc is not None:
+        table.update(nokd_test_acc=nokd_test_acc, kd_gain=distilled - nokd_test_acc,
+                     nokd_retention=nokd_test_acc / teacher if teacher else 0.0)
+    return table
+
+
+def _abort(workers: list, study: optuna.Study, client: MlflowClient, parent: RunLogger) -> None:
+    pids = {os.getpid()}
+    for worker in workers:
+        if isinstance(worker, multiprocessing.process.BaseProcess):
+            pids.add(worker.pid)
+            worker.kill()
+            worker.join()
+    reap_stale_trials(study, client, also_pids=pids)
+    parent.log_metrics({}, tags={"state": "ABORTED"})
+    parent.finish("KILLED")

@@ -1,0 +1,60 @@
+"""Optuna storages: the default journal file under the store, or any URL the user gives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kdcore import ConfigError
+
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
+
+DEFAULT_JOURNAL = "optuna.journal"
+_RDB_SCHEMES = ("sqlite://", "postgresql://", "postgresql+psycopg2://", "postgresql+psycopg://",
+                "mysql://", "mysql+pymysql://")
+_JOURNAL_SUFFIXES = (".journal", ".log", ".jsonl")
+
+
+def default_storage_url(store_root: Path) -> str:
+    return str(Path(store_root) / DEFAULT_JOURNAL)
+
+
+def check_storage_url(url: str) -> None:
+    """Reject a URL kdsweep cannot open, before anything is written."""
+    if url.startswith(_RDB_SCHEMES):
+        if url.startswith("sqlite://"):
+            path = url.removeprefix("sqlite:///")
+            if url == "sqlite://" or ":memory:" in url:
+                raise ConfigError(f"storage '{url}' is in memory: a sweep needs a file to resume and share")
+            if not url.startswith("sqlite:///") or not Path(path).parent.is_dir():
+                raise ConfigError(f"storage '{url}' is not usable: write sqlite:///path/to/file.db "
+                                  "with an existing folder")
+        return
+    if "://" in url:
+        raise ConfigError(f"unsupported storage URL '{url}' (use sqlite:///file.db, postgresql://..., "
+                          f"mysql://... or a journal file path ending in {', '.join(_JOURNAL_SUFFIXES)})")
+    if not url.endswith(_JOURNAL_SUFFIXES):
+        raise ConfigError(f"storage '{url}' is neither a URL nor a journal file path "
+                          f"(ending in {', '.join(_JOURNAL_SUFFIXES)})")
+    if not Path(url).parent.is_dir():
+        raise ConfigError(f"storage '{url}': folder {Path(url).parent} does not exist")
+
+
+def open_storage(url: str) -> BaseStorage:
+    """The Optuna storage at ``url``; ConfigError when it cannot be reached.
+
+    The journal file is the default: Optuna advises against SQLite for parallel workers, and a
+    journal is safe to create and append to from several processes.
+    """
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    check_storage_url(url)
+    if not url.startswith(_RDB_SCHEMES):
+        return JournalStorage(JournalFileBackend(url))
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except Exception as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"cannot open Optuna storage '{url}': {first_line}") from None

@@ -1,0 +1,124 @@
+"""One Optuna trial: a logged kdcore run with pruning, a lease, and per-epoch checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from kdcore import EpochResult, StopTraining
+from kdcore._files import load_safe, save_atomic
+from sweeps.distill import Prepared, run_params, train_logged
+from sweeps.leases import RESUME_ATTR, RUN_ATTR, Lease, checkpoint_path
+from sweeps.tracking import RunLogger
+
+if TYPE_CHECKING:
+    import optuna
+    from mlflow import MlflowClient
+
+    from sweeps.plan import SweepPlan
+
+log = logging.getLogger("kdsweep")
+
+# Optuna state of a trial by the trainer's stop_reason. A deadline cut is PRUNED: its score is
+# real but under-trained, so it must not become "best". An interrupted trial is FAIL and is
+# re-enqueued, so the next invocation of the study finishes it from its checkpoint.
+_STATE_BY_STOP = {"pruned": "PRUNED", "deadline": "PRUNED", "interrupted": "FAIL"}
+
+
+def run_trial(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    plan: SweepPlan,
+    prepared: Prepared,
+    client: MlflowClient,
+    interrupt: threading.Event,
+) -> None:
+    """Run ``trial`` to the end and tell the study how it ended; never leaves it RUNNING."""
+    from optuna.trial import TrialState
+
+    started = time.time()
+    space = plan.search_space()
+    config = space.config(space.suggest(trial))
+    resume, resumed_from = _resume_state(trial, plan)
+    logger = RunLogger.start(
+        client, plan.experiment_id, f"trial-{trial.number:04d}",
+        params=run_params(prepared, config), parent_run_id=plan.parent_run_id,
+        tags={"kdsweep.kind": "trial", "optuna.study": plan.study, "optuna.trial_number": str(trial.number),
+              "state": "RUNNING", **({"kdsweep.resumed_from_trial": str(resumed_from)} if resumed_from else {})})
+    trial.set_user_attr(RUN_ATTR, logger.run_id)
+    own_checkpoint = checkpoint_path(plan.store_root, plan.study, trial.number)
+
+    def report(epoch: EpochResult) -> None:
+        trial.report(epoch.val_acc, epoch.epoch)
+        trial.set_user_attr("epoch", epoch.epoch)
+        if trial.should_prune():
+            raise StopTraining("pruned")
+
+    try:
+        with Lease(study, trial._trial_id):
+            run = train_logged(
+                prepared, config, logger, on_epoch=report, resume=resume, interrupt=interrupt,
+                deadline=plan.trials_deadline(study.get_trials(deepcopy=False)),
+                on_checkpoint=lambda state: save_atomic(state, own_checkpoint))
+    except Exception as error:  # a broken trial must not end the sweep
+        log.warning("trial %d failed: %s: %s", trial.number, type(error).__name__, error)
+        client.set_tag(logger.run_id, "state", "FAIL")
+        trial.set_user_attr("stop_reason", "error")
+        study.tell(trial, state=TrialState.FAIL)
+        return
+
+    result = run.result
+    state = _STATE_BY_STOP.get(result.stop_reason, "COMPLETE")
+    if result.stop_reason == "interrupted":
+        logger.log_metrics({}, tags={"state": "INTERRUPTED"})
+    else:
+        logger.log_metrics({}, tags={"state": state})
+    epoch_times = [h.epoch_time_s for h in result.history]
+    for key, value in {
+        "stop_reason": result.stop_reason,
+        "test_acc": result.test_acc,
+        "best_val_acc": result.best_val_acc,
+        "retention": run.metrics["retention"],
+        "student_params": result.student_params,
+        "student_size_bytes": result.student_size_bytes,
+        "train_time_s": result.train_time_s,
+        "wall_time_s": time.time() - started,
+        "epochs_run": result.epochs_run,
+        "epoch_time_s": statistics.mean(epoch_times) if epoch_times else 0.0,
+        "checkpoint_uri": run.checkpoint_uri,
+    }.items():
+        trial.set_user_attr(key, value)
+    logger.finish("KILLED" if result.stop_reason == "interrupted" else "FINISHED")
+
+    if result.stop_reason == "interrupted":
+        study.tell(trial, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={RESUME_ATTR: trial.number})
+        return
+    own_checkpoint.unlink(missing_ok=True)
+    if resumed_from is not None:
+        checkpoint_path(plan.store_root, plan.study, resumed_from).unlink(missing_ok=True)
+    if state == "PRUNED":
+        study.tell(trial, state=TrialState.PRUNED)
+    else:
+        study.tell(trial, result.best_val_acc)
+
+
+def _resume_state(trial: optuna.Trial, plan: SweepPlan) -> tuple[dict[str, Any] | None, int | None]:
+    """The last epoch state of the trial this one re-runs, if it left one."""
+    previous = trial.user_attrs.get(RESUME_ATTR)
+    if previous is None:
+        return None, None
+    path = checkpoint_path(plan.store_root, plan.study, previous)
+    if not path.exists():
+        return None, previous
+    try:
+        state = load_safe(path)
+    except Exception as error:  # a checkpoint torn by the crash: start over rather than fail
+        log.warning("checkpoint of trial %d is unreadable (%s); trial %d starts from scratch",
+                    previous, error, trial.number)
+        return None, previous
+    trial.set_user_attr("resumed_from_epoch", state["epoch"])
+    return state, previous
