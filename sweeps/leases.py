@@ -101,10 +101,10 @@ def reap_stale_trials(study: optuna.Study, client: MlflowClient | None, *, stale
         if not (forced or _holder_is_gone(trial, stale_after_s, now)):
             continue
         try:
+            study._storage.set_trial_user_attr(trial._trial_id, "stop_reason", "worker_lost")
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         except Exception:  # finished or reaped by someone else meanwhile
             continue
-        study._storage.set_trial_user_attr(trial._trial_id, "stop_reason", "worker_lost")
         run_id = trial.user_attrs.get(RUN_ATTR)
         if client is not None and run_id:
             client.set_tag(run_id, "state", "FAIL")
@@ -115,3 +115,17 @@ def reap_stale_trials(study: optuna.Study, client: MlflowClient | None, *, stale
                     trial.number)
         reaped.append(trial.number)
     return reaped
+
+
+def close_orphan_runs(study: optuna.Study, client: MlflowClient, experiment_id: str) -> None:
+    """Close trial runs left RUNNING although their trial has finished (a crash between the two)."""
+    from optuna.trial import TrialState
+
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING' and "
+                                  "tags.`kdsweep.kind` = 'trial'", max_results=10_000):
+        trial = by_number.get(int(run.data.tags.get("optuna.trial_number", -1)))
+        if trial is None or trial.state in (TrialState.RUNNING, TrialState.WAITING):
+            continue
+        client.set_tag(run.info.run_id, "state", trial.state.name)
+        client.set_terminated(run.info.run_id, status="FINISHED" if trial.state != TrialState.FAIL else "KILLED")

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 # before any trial has been timed; afterwards the median trial time, within these bounds.
 _RESERVE_SHARE = (0.05, 0.25)
 _CLOSE_MARGIN_S = 2.0  # closing runs and writing the summary after the last stop
+_PROCESS_EXIT_S = 4.0  # measured: a worker process takes 2-4 s to exit (torch, MLflow, SQLAlchemy)
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class SweepPlan:
         low, high = (share * self.budget_s for share in _RESERVE_SHARE)
         times = [t.user_attrs["train_time_s"] for t in trials if "train_time_s" in t.user_attrs]
         estimate = statistics.median(times) if times else low
-        return min(high, max(low, estimate)) + _CLOSE_MARGIN_S
+        return min(high, max(low, estimate)) + _CLOSE_MARGIN_S + (_PROCESS_EXIT_S if self.jobs > 1 else 0.0)
 
     def trials_deadline(self, trials: list[optuna.trial.FrozenTrial]) -> float:
         """When trials must stop, leaving the reserve for the baseline."""

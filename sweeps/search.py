@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from kdcore import ConfigError, preset
 from kdcore.presets import PRESETS
 from sweeps.distill import Prepared, prepare, run_params, train_logged
-from sweeps.leases import reap_stale_trials
+from sweeps.leases import close_orphan_runs, reap_stale_trials
 from sweeps.plan import SweepPlan
 from sweeps.samplers import check_names
 from sweeps.space import SearchSpace
@@ -77,7 +77,8 @@ def check_sweep(plan: SweepPlan, enqueue_presets: bool) -> SearchSpace:
     from kdcore import get_task
 
     check_names(plan.sampler, plan.pruner)
-    check_storage_url(plan.storage_url)
+    if plan.storage_url != default_storage_url(Path(plan.store_root)):  # the default folder is created later
+        check_storage_url(plan.storage_url)
     space = plan.search_space()
     get_task(plan.task)
     if plan.jobs < 1:
@@ -119,6 +120,7 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
     plan = replace(plan, experiment_id=experiment_id, parent_run_id=parent.run_id,
                    first_trial_number=len(study.trials))
     reap_stale_trials(study, client)
+    close_orphan_runs(study, client, experiment_id)
     if enqueue_presets:
         _enqueue_presets(study, space)
     _log_invocation(parent, plan, prepared, teacher_time, invocation, sweep_file)
@@ -128,22 +130,21 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
     try:
         with _ctrl_c_sets(interrupted):
             _watch(study, plan, workers, client, parent, view, interrupted)
-        comparison = {}
-        if not interrupted.is_set():
-            view.update(_snapshot(study, plan, "baseline", note="training the no-KD baseline"))
-            comparison = _baseline(study, plan, space, prepared, client)
+            comparison = {}
+            if not interrupted.is_set():
+                view.update(_snapshot(study, plan, "baseline", note="training the no-KD baseline"))
+                comparison = _baseline(study, plan, space, prepared, client, interrupted)
+            trials = study.get_trials(deepcopy=False)
+            wall = time.time() - plan.started_at
+            parent.log_metrics({**comparison, "wall_time_s": wall, "budget_s": plan.budget_s,
+                                **{f"trials_{state.lower()}": n for state, n in _counts(trials).items()}},
+                               tags={"state": "INTERRUPTED" if interrupted.is_set() else "FINISHED"})
+            if comparison:
+                client.log_dict(parent.run_id, comparison, "comparison.json")
+            parent.finish("KILLED" if interrupted.is_set() else "FINISHED")
     except KeyboardInterrupt:  # the second Ctrl-C: abort now, leaving nothing RUNNING
         _abort(workers, study, client, parent)
         raise
-    trials = study.get_trials(deepcopy=False)
-    wall = time.time() - plan.started_at
-    counts = _counts(trials)
-    parent.log_metrics({**comparison, "wall_time_s": wall, "budget_s": plan.budget_s,
-                        **{f"trials_{state.lower()}": n for state, n in counts.items()}},
-                       tags={"state": "INTERRUPTED" if interrupted.is_set() else "FINISHED"})
-    if comparison:
-        client.log_dict(parent.run_id, comparison, "comparison.json")
-    parent.finish("KILLED" if interrupted.is_set() else "FINISHED")
     view.update(_snapshot(study, plan, "done"))
     return SweepSummary(plan.study, experiment_id, parent.run_id, plan.storage_url, plan.tracking_uri, wall,
                         plan.budget_s, teacher_time, prepared.outputs.build_time_s, trials, comparison,
@@ -307,7 +308,7 @@ def _snapshot(study: optuna.Study, plan: SweepPlan, phase: str, note: str = "") 
 
 
 def _baseline(study: optuna.Study, plan: SweepPlan, space: SearchSpace, prepared: Prepared,
-              client: MlflowClient) -> dict[str, float]:
+              client: MlflowClient, interrupted: threading.Event) -> dict[str, float]:
     """Train the best trial's configuration with alpha = 0 (same seed, same data): the no-KD student."""
     best = _best(study.get_trials(deepcopy=False))
     if best is None:
@@ -321,7 +322,7 @@ def _baseline(study: optuna.Study, plan: SweepPlan, space: SearchSpace, prepared
                              tags={"kdsweep.kind": "baseline", "optuna.study": plan.study,
                                    "kdsweep.baseline_of_trial": str(best.number),
                                    "kdsweep.study_run_id": plan.parent_run_id})
-    run = train_logged(prepared, config, logger, deadline=deadline)
+    run = train_logged(prepared, config, logger, deadline=deadline, interrupt=interrupted)
     logger.log_metrics({}, tags={"state": "COMPLETE"})
     logger.finish()
     return _comparison(prepared, best, run.metrics["test_acc"])

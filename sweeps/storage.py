@@ -50,7 +50,7 @@ def open_storage(url: str) -> BaseStorage:
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    check_storage_url(url)
+    check_storage_url(url)  # the caller creates the default journal's folder first
     if not url.startswith(_RDB_SCHEMES):
         return JournalStorage(JournalFileBackend(url))
     try:

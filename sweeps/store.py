@@ -50,8 +50,8 @@ class Store:
         _quiet_mlflow()
         from mlflow import MlflowClient
 
-        if self.embedded:
-            self.root.mkdir(parents=True, exist_ok=True)
+        if self.embedded and not (self.root / "mlflow.db").exists():
+            _create_database(self.root / "mlflow.db")
         return MlflowClient(tracking_uri=self.tracking_uri)
 
     def experiment(self, client: MlflowClient, name: str) -> str:
@@ -68,6 +68,27 @@ class Store:
             if found is None:
                 raise
             return found.experiment_id
+
+
+def _create_database(path: Path) -> None:
+    """Create the MLflow SQLite database under a temporary name, then move it into place.
+
+    MLflow builds its schema with a long series of migrations; a process killed halfway would
+    leave a database that every later run fails on. Built aside, the file appears whole or not at all.
+    """
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    store = SqlAlchemyStore(f"sqlite:///{tmp}", (path.parent / "artifacts").as_uri())
+    store.engine.dispose()
+    try:
+        os.link(tmp, path)  # fails if another process got there first: keep theirs
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _quiet_mlflow() -> None:

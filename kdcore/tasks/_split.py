@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from torch.utils.data import TensorDataset
 
 from kdcore.tasks.base import Splits
@@ -16,6 +15,8 @@ def _tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
 
 def carve_validation(x_train, y_train, x_test, y_test, *, val_size: float, seed: int = 0) -> Splits:
     """Hold a stratified ``val_size`` of the training data out as the validation split."""
+    from sklearn.model_selection import train_test_split  # imported here: it takes ~1 s
+
     x_fit, x_val, y_fit, y_val = train_test_split(
         x_train, y_train, test_size=val_size, stratify=y_train, random_state=seed)
     return Splits(train=_tensors(x_fit, y_fit), val=_tensors(x_val, y_val), test=_tensors(x_test, y_test))
