@@ -87,14 +87,16 @@ def _verify(path: Path, key: str, splits, num_classes: int) -> str | None:
         saved = load_safe(path)
     except Exception as error:
         return f"unreadable: {type(error).__name__}"
-    if saved.get("format") != CACHE_FORMAT or saved.get("key") != key:
+    if not isinstance(saved, dict) or saved.get("format") != CACHE_FORMAT or saved.get("key") != key:
         return "made for another teacher or data"
+    if not isinstance(saved.get("sha256"), dict):
+        return "no checksums"
     for split in _SPLITS:
         tensor = saved.get(split)
         expected = (len(getattr(splits, split)), num_classes)
         if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != expected:
             return f"{split} logits have the wrong shape"
-        if tensor_digest(tensor) != saved["sha256"][split]:
+        if tensor_digest(tensor) != saved["sha256"].get(split):
             return f"{split} logits fail their checksum"
     return None
 

@@ -1,0 +1,215 @@
+"""`kdsweep train` end to end through Typer's CliRunner, checked in the real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from cli.main import app
+from kdcore import get_task
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCHS = 6
+PER_EPOCH_METRICS = ("val_acc", "train_loss", "kd_loss", "ce_loss", "val_loss", "lr", "epoch_time_s", "samples_per_s")
+FINAL_METRICS = ("best_val_acc", "test_acc", "teacher_test_acc", "retention", "train_time_s", "student_params",
+                 "student_size_bytes")
+
+
+def invoke(*args: str):
+    """Run the CLI in-process."""
+    return CliRunner().invoke(app, [str(arg) for arg in args])
+
+
+def _client(store: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+
+
+def _only_run(client: MlflowClient, experiment: str = "kdsweep-train"):
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no experiment {experiment!r}"
+    runs = client.search_runs([found.experiment_id])
+    assert len(runs) == 1
+    return runs[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, teacher_store):
+    """One `kdsweep train` of the digits task into a store that already holds the teacher."""
+    store = tmp_path_factory.mktemp("cli") / "store"
+    shutil.copytree(teacher_store / "teachers", store / "teachers")
+    result = invoke("train", "--task", "digits", "--epochs", EPOCHS, "--temperature", "3", "--alpha", "0.6",
+                    "--ratio", "0.25", "--lr", "0.004", "--device", "cpu", "--store", store)
+    return store, result
+
+
+@pytest.fixture(scope="module")
+def run(trained):
+    store, result = trained
+    assert result.exit_code == 0, result.output
+    return _only_run(_client(store))
+
+
+def test_train_exits_zero(trained):
+    _, result = trained
+
+    assert result.exit_code == 0, result.output
+    assert "student: test_acc" in result.stdout
+
+
+def test_train_logs_one_finished_run(run):
+    assert run.info.status == "FINISHED"
+
+
+def test_train_logs_settings_as_params(run):
+    params = run.data.params
+
+    assert params["task"] == "digits"
+    assert float(params["temperature"]) == 3.0
+    assert float(params["alpha"]) == 0.6
+    assert float(params["ratio"]) == 0.25
+    assert float(params["lr"]) == 0.004
+
+
+@pytest.mark.parametrize("name", PER_EPOCH_METRICS)
+def test_train_logs_one_value_per_epoch_at_step_epoch(trained, run, name):
+    store, _ = trained
+
+    history = _client(store).get_metric_history(run.info.run_id, name)
+
+    assert sorted(metric.step for metric in history) == list(range(1, EPOCHS + 1))
+
+
+def test_train_logs_final_metrics(run):
+    metrics = run.data.metrics
+
+    assert set(FINAL_METRICS) <= metrics.keys()
+    assert metrics["retention"] == pytest.approx(metrics["test_acc"] / metrics["teacher_test_acc"])
+
+
+def test_train_reuses_the_teacher_in_the_store(run, teacher):
+    assert run.data.metrics["teacher_test_acc"] == teacher.test_acc
+    assert run.data.params["teacher_digest"] == teacher.digest[:16]
+
+
+def test_train_tags_stop_reason(run):
+    assert run.data.tags["stop_reason"] == "completed"
+
+
+def test_checkpoint_artifact_rebuilds_the_student_with_the_logged_test_acc(trained, run, tmp_path):
+    store, _ = trained
+    path = _client(store).download_artifacts(run.info.run_id, "checkpoint/student.pt", str(tmp_path))
+
+    checkpoint = torch.load(path, weights_only=True)
+    task = get_task(checkpoint["task"])
+    student = task.build_student(checkpoint["ratio"])
+    student.load_state_dict(checkpoint["state_dict"])
+    x, y = task.splits().test.tensors
+    with torch.no_grad():
+        correct = (student.eval()(x).argmax(-1) == y).sum().item()
+
+    assert checkpoint["ratio"] == 0.25
+    assert correct / len(y) == run.data.metrics["test_acc"]
+
+
+def test_flags_override_the_config_file(tmp_path, store_with_teacher):
+    config = tmp_path / "train.yaml"
+    config.write_text("task: digits\ntemperature: 2.5\nalpha: 0.4\nepochs: 2\ndevice: cpu\n")
+
+    result = invoke("train", "--config", config, "--alpha", "0.9", "--store", store_with_teacher)
+
+    assert result.exit_code == 0, result.output
+    params = _only_run(_client(store_with_teacher)).data.params
+    assert float(params["alpha"]) == 0.9  # the flag wins
+    assert float(params["temperature"]) == 2.5  # from the file
+    assert int(params["epochs"]) == 2  # from the file
+
+
+# Each case: the flags after "train --task digits" (a repeated option: the last one wins), and
+# what the one error line must name.
+BAD_INPUT = {
+    "temperature-zero": (["--temperature", "0"], ["temperature=0.0"]),
+    "temperature-negative": (["--temperature", "-1"], ["temperature=-1.0"]),
+    "alpha-negative": (["--alpha", "-0.1"], ["alpha=-0.1"]),
+    "alpha-above-one": (["--alpha", "1.5"], ["alpha=1.5"]),
+    "ratio-zero": (["--ratio", "0"], ["ratio=0.0"]),
+    "ratio-above-one": (["--ratio", "1.5"], ["ratio=1.5"]),
+    "lr-zero": (["--lr", "0"], ["lr=0.0"]),
+    "lr-negative": (["--lr", "-0.001"], ["lr=-0.001"]),
+    "data-fraction-zero": (["--data-fraction", "0"], ["data_fraction=0.0"]),
+    "data-fraction-above-one": (["--data-fraction", "1.5"], ["data_fraction=1.5"]),
+    "unknown-task": (["--task", "no_such_task"], ["no_such_task"]),
+    "malformed-yaml": (["--config", "{config}"], ["bad.yaml", "not valid YAML"]),
+    "unknown-yaml-key": (["--config", "{config}"], ["bogus_key"]),
+}
+CONFIG_TEXT = {"malformed-yaml": "temperature: [1, 2\nalpha: 0.5\n", "unknown-yaml-key": "bogus_key: 1\n"}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # anything written to the working directory would show up here
+    config = tmp_path / "bad.yaml"
+    if case in CONFIG_TEXT:
+        config.write_text(CONFIG_TEXT[case])
+    flags, named = BAD_INPUT[case]
+    store = tmp_path / "store"
+
+    result = invoke("train", "--task", "digits", *[f.format(config=config) for f in flags], "--store", store)
+
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:")
+    assert all(part in lines[0] for part in named), lines[0]
+    assert not store.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["bad.yaml"] if case in CONFIG_TEXT else [])
+
+
+def test_bad_value_that_looks_like_markup_exits_2_with_one_line(tmp_path):
+    result = invoke("train", "--task", "[/x]", "--store", tmp_path / "store")
+
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "[/x]" in result.stderr
+
+
+def test_warnings_of_a_second_invocation_reach_its_stderr(store_with_teacher):
+    logger = logging.getLogger("kdsweep")
+    handlers, level = list(logger.handlers), logger.level
+    runner = CliRunner()
+    try:
+        first = runner.invoke(app, ["teacher", "--task", "digits", "--store", str(store_with_teacher)])
+        assert first.exit_code == 0, first.output
+        (cache_file,) = store_with_teacher.glob(".cache/**/logits.pt")
+        cache_file.write_bytes(b"damaged")
+
+        second = runner.invoke(app, ["teacher", "--task", "digits", "--store", str(store_with_teacher)])
+    finally:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+
+    assert second.exit_code == 0, second.output
+    assert "Logging error" not in second.stderr
+    assert any(line.startswith("WARNING:") and "rebuilding" in line for line in second.stderr.splitlines())
+
+
+def test_help_lists_the_train_command():
+    result = invoke("--help")
+
+    assert result.exit_code == 0
+    assert "train" in result.stdout
+
+
+def test_importing_the_cli_loads_neither_torch_nor_mlflow():
+    code = "import cli.main, sys; print('torch' in sys.modules, 'mlflow' in sys.modules)"
+
+    completed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+
+    assert completed.stdout.split() == ["False", "False"]
