@@ -95,6 +95,15 @@ def _time_to_stop(deadline: float | None, interrupt: threading.Event | None) -> 
     return None
 
 
+def _clip_grad_norm_(params: list[nn.Parameter], max_norm: float) -> None:
+    """Scale gradients so their total 2-norm is at most ``max_norm``: the maths of
+    ``nn.utils.clip_grad_norm_`` without its per-call grouping, which costs 2-5% of a tiny
+    model's step (bench/bench_trainer.py --breakdown). Never reads the norm back, so no sync."""
+    grads = [p.grad for p in params if p.grad is not None]
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, torch.clamp(max_norm / (total + 1e-6), max=1.0))
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(number of parameters, bytes of the state_dict's tensors)."""
     params = sum(p.numel() for p in model.parameters())
@@ -158,7 +167,11 @@ def train(
     # Model and optimizer, seeded so a run is reproducible.
     torch.manual_seed(config.seed)
     model = (build_model or (lambda: task.build_student(config.ratio)))().to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    params = list(model.parameters())
+    # The fused kernel steps all parameters at once: 4x faster than the default per-tensor loop
+    # on CPU, which matters for small students (bench/bench_trainer.py).
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
+                                  fused=device.type in ("cpu", "cuda"))
     steps_per_epoch = math.ceil(len(train_source) / config.grad_accum_steps)
     total_steps = config.epochs * steps_per_epoch
     better = (lambda new, old: new > old + config.min_delta) if config.monitor == "val_acc" else (
@@ -200,7 +213,7 @@ def train(
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(state["step"], total_steps, config)
                 if config.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                    _clip_grad_norm_(params, config.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 state["step"] += 1

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 STUDENT_FORMAT = "kdsweep.student/1"
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "student.pt"
+_FLUSH_EVERY_S = 1.0
 
 
 def student_checkpoint(task_spec: str, num_classes: int, config: TrainConfig, result: TrainResult,
@@ -55,9 +56,12 @@ def final_metrics(result: TrainResult, teacher_test_acc: float) -> dict[str, flo
 class RunLogger:
     """One MLflow run, written through an explicit client and run id."""
 
-    def __init__(self, client: MlflowClient, run_id: str) -> None:
+    def __init__(self, client: MlflowClient, run_id: str, flush_every_s: float = _FLUSH_EVERY_S) -> None:
         self.client = client
         self.run_id = run_id
+        self.flush_every_s = flush_every_s
+        self._pending: list = []
+        self._last_flush = time.monotonic()
 
     @classmethod
     def start(cls, client: MlflowClient, experiment_id: str, run_name: str, *,
@@ -74,15 +78,26 @@ class RunLogger:
         return logger
 
     def log_epoch(self, epoch: EpochResult) -> None:
+        """Log an epoch's metrics (step = epoch): one log_batch per epoch, or per second when
+        epochs are shorter, since a SQLite commit costs as much as a tiny model's epoch."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[
-            Metric(name, float(value), now, epoch.epoch) for name, value in epoch.metrics().items()])
+        self._pending += [Metric(name, float(value), now, epoch.epoch) for name, value in epoch.metrics().items()]
+        if time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the epochs logged since the last flush."""
+        if self._pending:
+            self.client.log_batch(self.run_id, metrics=self._pending)
+            self._pending = []
+        self._last_flush = time.monotonic()
 
     def log_metrics(self, metrics: dict[str, float], tags: dict[str, str] | None = None) -> None:
         from mlflow.entities import Metric, RunTag
 
+        self.flush()
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
                               tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
@@ -96,4 +111,5 @@ class RunLogger:
         return f"runs:/{self.run_id}/{CHECKPOINT_DIR}/{CHECKPOINT_FILE}"
 
     def finish(self, status: str = "FINISHED") -> None:
+        self.flush()
         self.client.set_terminated(self.run_id, status=status)
