@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from cli import query as query_commands
 from cli import run as run_commands
 from cli import train as train_commands
 
@@ -17,6 +18,13 @@ app = typer.Typer(
 app.command(rich_help_panel="Search")(run_commands.run)
 app.command(rich_help_panel="Train")(train_commands.train)
 app.command(rich_help_panel="Train")(train_commands.teacher)
+app.command(rich_help_panel="Query")(query_commands.studies)
+app.command(rich_help_panel="Query")(query_commands.trials)
+app.command(rich_help_panel="Query")(query_commands.best)
+app.command(rich_help_panel="Query")(query_commands.pareto)
+app.command(rich_help_panel="Query")(query_commands.compare)
+app.command(rich_help_panel="Query")(query_commands.report)
+app.command(rich_help_panel="Query")(query_commands.ui)
 
 if __name__ == "__main__":
     app()

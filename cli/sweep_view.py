@@ -110,7 +110,10 @@ def print_summary(summary: SweepSummary, top: int = 10) -> None:
         highlight=False, soft_wrap=True)
     console.print(f"resume:     kdsweep run --study {summary.study} --storage {summary.storage_url}", highlight=False,
                   soft_wrap=True, markup=False)
-    console.print(f"MLflow UI:  mlflow ui --backend-store-uri {summary.tracking_uri}", highlight=False,
-                  soft_wrap=True, markup=False)
+    console.print(f"trials:     kdsweep trials {summary.study} --sort -test_acc   |   kdsweep pareto {summary.study}",
+                  highlight=False, soft_wrap=True, markup=False)
+    console.print(f"report:     kdsweep report {summary.study}", highlight=False, soft_wrap=True, markup=False)
+    console.print(f"MLflow UI:  kdsweep ui   (or: mlflow ui --backend-store-uri {summary.tracking_uri})",
+                  highlight=False, soft_wrap=True, markup=False)
     console.print(f"dashboard:  optuna-dashboard {summary.storage_url}", highlight=False, soft_wrap=True,
                   markup=False)

@@ -1,43 +1,49 @@
 """kdcore: the knowledge-distillation trainer every kdsweep run and trial calls.
 
-It imports neither Optuna nor MLflow: tracking and search live in ``sweeps``.
+It imports neither Optuna nor MLflow: tracking and search live in ``sweeps``. The errors load
+at once; everything else (torch, pydantic) on first use, so ``kdcore.errors`` and commands that
+never train stay fast.
 """
 
-from kdcore.cache import CachedOutputs, cache_key, teacher_outputs
-from kdcore.config import TrainConfig, make_config
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from kdcore.errors import CacheError, ConfigError, KDSweepError, StopTraining, TaskError
-from kdcore.loss import KDLoss, kd_loss
-from kdcore.presets import PRESETS, preset
-from kdcore.tasks import DEFAULT_TASK, Splits, Task, get_task, register_task, task_names
-from kdcore.teacher import Teacher, load_or_train_teacher
-from kdcore.trainer import EpochResult, TeacherLogits, TrainResult, count_parameters, train
+
+_LAZY = {
+    **dict.fromkeys(("CachedOutputs", "cache_key", "teacher_outputs"), "kdcore.cache"),
+    **dict.fromkeys(("TrainConfig", "make_config"), "kdcore.config"),
+    **dict.fromkeys(("KDLoss", "kd_loss"), "kdcore.loss"),
+    **dict.fromkeys(("PRESETS", "preset"), "kdcore.presets"),
+    **dict.fromkeys(("DEFAULT_TASK", "Splits", "Task", "get_task", "register_task", "task_names"), "kdcore.tasks"),
+    **dict.fromkeys(("Teacher", "load_or_train_teacher"), "kdcore.teacher"),
+    **dict.fromkeys(("EpochResult", "TeacherLogits", "TrainResult", "count_parameters", "train"), "kdcore.trainer"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kdcore' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from kdcore.cache import CachedOutputs, cache_key, teacher_outputs
+    from kdcore.config import TrainConfig, make_config
+    from kdcore.loss import KDLoss, kd_loss
+    from kdcore.presets import PRESETS, preset
+    from kdcore.tasks import DEFAULT_TASK, Splits, Task, get_task, register_task, task_names
+    from kdcore.teacher import Teacher, load_or_train_teacher
+    from kdcore.trainer import EpochResult, TeacherLogits, TrainResult, count_parameters, train
 
 __all__ = [
-    "DEFAULT_TASK",
-    "PRESETS",
-    "CacheError",
-    "CachedOutputs",
-    "ConfigError",
-    "EpochResult",
-    "KDLoss",
-    "KDSweepError",
-    "Splits",
-    "StopTraining",
-    "Task",
-    "TaskError",
-    "Teacher",
-    "TeacherLogits",
-    "TrainConfig",
-    "TrainResult",
-    "cache_key",
-    "count_parameters",
-    "get_task",
-    "kd_loss",
-    "load_or_train_teacher",
-    "make_config",
-    "preset",
-    "register_task",
-    "task_names",
-    "teacher_outputs",
-    "train",
+    "DEFAULT_TASK", "PRESETS", "CacheError", "CachedOutputs", "ConfigError", "EpochResult", "KDLoss",
+    "KDSweepError", "Splits", "StopTraining", "Task", "TaskError", "Teacher", "TeacherLogits", "TrainConfig",
+    "TrainResult", "cache_key", "count_parameters", "get_task", "kd_loss", "load_or_train_teacher",
+    "make_config", "preset", "register_task", "task_names", "teacher_outputs", "train",
 ]

@@ -9,6 +9,7 @@ or trial count ends; train the best configuration once more without distillation
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 import signal
@@ -34,9 +35,12 @@ if TYPE_CHECKING:
     import optuna
     from mlflow import MlflowClient
 
+log = logging.getLogger("kdsweep")
+
 STUDY_KIND = "study"
 _POLL_S = 0.5
 _REAP_EVERY_S = 10.0
+_PARETO_EVERY_S = 5.0  # tagging reads every run: about 0.7 s at 1000 trials
 
 
 @dataclass
@@ -141,6 +145,7 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
                                tags={"state": "INTERRUPTED" if interrupted.is_set() else "FINISHED"})
             if comparison:
                 client.log_dict(parent.run_id, comparison, "comparison.json")
+            _tag_pareto(study, client, plan)
             parent.finish("KILLED" if interrupted.is_set() else "FINISHED")
     except KeyboardInterrupt:  # the second Ctrl-C: abort now, leaving nothing RUNNING
         _abort(workers, study, client, parent)
@@ -255,8 +260,9 @@ class _ctrl_c_sets:
 def _watch(study: optuna.Study, plan: SweepPlan, workers: list, client: MlflowClient, parent: RunLogger,
            view: SweepView, interrupted: threading.Event) -> None:
     """Refresh the view, reap dead workers' trials and keep the parent's best-so-far current."""
-    last_reap = time.time()
+    last_reap = last_pareto = time.time()
     best_number = None
+    tagged_complete = 0
     while any(w.is_alive() for w in workers):
         for w in workers:
             w.join(timeout=_POLL_S / len(workers))
@@ -268,11 +274,24 @@ def _watch(study: optuna.Study, plan: SweepPlan, workers: list, client: MlflowCl
         if snapshot.best and snapshot.best[0] != best_number:
             best_number = snapshot.best[0]
             _log_best(parent, study, best_number)
+        if snapshot.counts["COMPLETE"] != tagged_complete and now - last_pareto > _PARETO_EVERY_S:
+            _tag_pareto(study, client, plan)
+            tagged_complete, last_pareto = snapshot.counts["COMPLETE"], now
         view.update(snapshot)
     # Worker processes that died (killed, out of memory) leave RUNNING trials behind: reap them now.
     dead = {w.pid for w in workers if isinstance(w, multiprocessing.process.BaseProcess)}
     if dead:
         reap_stale_trials(study, client, also_pids=dead)
+
+
+def _tag_pareto(study: optuna.Study, client: MlflowClient, plan: SweepPlan) -> None:
+    """Keep the runs' ``pareto`` tags current; a failed tag write must not end the sweep."""
+    from sweeps.query import update_pareto_tags
+
+    try:
+        update_pareto_tags(study, client=client, store=plan.store_root, storage=plan.storage_url)
+    except Exception as error:
+        log.warning("could not update the pareto tags: %s", error)
 
 
 def _log_best(parent: RunLogger, study: optuna.Study, number: int) -> None:

@@ -1,0 +1,295 @@
+"""Query a study during or after a sweep: its trials as a pandas frame, the best trial, the Pareto
+front, a trial's student rebuilt for inference, and the ``pareto`` tag that lets the MLflow UI
+filter the Pareto-optimal trial runs. (Studies at a glance and side by side: ``sweeps._summary``.)
+
+Trials are read from the Optuna storage, whose user attrs carry every number a trial reports;
+the study's MLflow runs are joined in bulk (``sweeps._runs``) for the run status, the no-KD
+baseline (``kd_gain``) and any number a trial logged to MLflow but not to Optuna.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kdcore import ConfigError
+from sweeps import _where
+from sweeps._runs import ExperimentRuns, experiment_runs
+from sweeps.storage import default_storage_url, open_storage
+from sweeps.store import Store
+
+if TYPE_CHECKING:
+    import optuna
+    import pandas as pd
+    from mlflow import MlflowClient
+    from torch import nn
+
+PARETO_TAG = "pareto"
+DEFAULT_MAXIMIZE = ("test_acc",)
+DEFAULT_MINIMIZE = ("student_params", "train_time_s")
+
+# Numbers a trial stores as Optuna user attrs, with their column dtype ("Int64": integers that
+# may be missing). The mean epoch time is ``epoch_time_s``; wall_time_s includes set-up and upload.
+_ATTR_DTYPES = {
+    "best_val_acc": "float64", "test_acc": "float64", "retention": "float64",
+    "student_params": "Int64", "student_size_bytes": "Int64", "train_time_s": "float64",
+    "wall_time_s": "float64", "epochs_run": "Int64", "epoch_time_s": "float64",
+}
+# Of those, the ones a trial's MLflow run logs under the same name and meaning (its final metrics).
+_FROM_MLFLOW = ("best_val_acc", "test_acc", "retention", "student_params", "student_size_bytes",
+                "train_time_s", "epochs_run")
+_STRING_COLUMNS = ("state", "stop_reason", "run_status", "mlflow_run_id", "checkpoint_uri")
+# Metrics where smaller is better, for ``best(..., direction=None)``.
+_COSTS = ("student_params", "student_size_bytes", "train_time_s", "wall_time_s", "epoch_time_s",
+          "epochs_run", "duration_s")
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where a study lives: the store (MLflow) and the Optuna storage URL."""
+
+    store: Store
+    storage_url: str
+
+    @classmethod
+    def resolve(cls, storage: str | None = None, tracking_uri: str | None = None,
+                store: str | Path | None = None) -> Sources:
+        paths = Store.resolve(store, tracking_uri)
+        return cls(paths, storage or default_storage_url(paths.root))
+
+    def storage(self) -> optuna.storages.BaseStorage:
+        """The Optuna storage, without creating it when it does not exist yet."""
+        url = self.storage_url
+        file = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None if "://" in url else url
+        if file is not None and not Path(file).exists():
+            raise ConfigError(f"no Optuna storage at {url}: run `kdsweep run` first, or point --store/--storage "
+                              "at an existing one")
+        return open_storage(url)
+
+    def study(self, name: str) -> optuna.Study:
+        """The Optuna study ``name``; ConfigError listing the known studies if there is none."""
+        import optuna
+
+        storage = self.storage()
+        names = sorted(s.study_name for s in storage.get_all_studies())
+        if name not in names:
+            raise ConfigError(f"unknown study {name!r} in {self.storage_url} "
+                              f"(studies: {', '.join(names) if names else 'none yet'})")
+        return optuna.load_study(study_name=name, storage=storage)
+
+
+def trials(study: str, *, storage: str | None = None, tracking_uri: str | None = None,
+           store: str | Path | None = None) -> pd.DataFrame:
+    """One row per trial of ``study``: searched params, state, stop_reason, accuracies, retention,
+    kd_gain (for the trial a no-KD baseline was trained for), size, cost, ``pareto``, the MLflow
+    run id and the checkpoint URI. Numbers are numbers: floats, and ``Int64`` for counts.
+    """
+    sources = Sources.resolve(storage, tracking_uri, store)
+    return trial_frame(sources.study(study), experiment_runs(sources.store, study))
+
+
+def trial_frame(study: optuna.Study, runs: ExperimentRuns) -> pd.DataFrame:
+    """The ``trials`` frame of an open study and its experiment's runs."""
+    import pandas as pd
+
+    frozen = study.get_trials(deepcopy=False)
+    param_dtypes = _param_dtypes(frozen)
+    by_number = {int(r.tags["optuna.trial_number"]): r for r in runs.of_kind("trial")
+                 if r.tags.get("optuna.trial_number", "").isdigit()}
+    nokd = {int(r.tags["kdsweep.baseline_of_trial"]): r.metrics.get("test_acc") for r in runs.of_kind("baseline")
+            if r.tags.get("kdsweep.baseline_of_trial", "").isdigit()}
+    rows = []
+    for t in frozen:
+        attrs = t.user_attrs
+        run = runs.runs.get(attrs.get("mlflow_run_id", "")) or by_number.get(t.number)
+        logged = run.metrics if run else {}
+        row: dict[str, Any] = {"number": t.number, "state": t.state.name}
+        row.update({name: t.params.get(name) for name in param_dtypes})
+        row.update({name: attrs.get(name, logged.get(name) if name in _FROM_MLFLOW else None) for name in _ATTR_DTYPES})
+        if row["best_val_acc"] is None and t.value is not None:  # a COMPLETE trial's value is its best val_acc
+            row["best_val_acc"] = t.value
+        baseline = nokd.get(t.number)
+        row["kd_gain"] = row["test_acc"] - baseline if baseline is not None and row["test_acc"] is not None else None
+        end = t.datetime_complete
+        row.update(stop_reason=attrs.get("stop_reason") or (run.tags.get("stop_reason") if run else None),
+                   run_status=run.status if run else None, started=t.datetime_start,
+                   duration_s=(end - t.datetime_start).total_seconds() if end and t.datetime_start else None,
+                   mlflow_run_id=run.run_id if run else attrs.get("mlflow_run_id"),
+                   checkpoint_uri=attrs.get("checkpoint_uri"))
+        rows.append(row)
+
+    columns = ["number", "state", *param_dtypes, "best_val_acc", "test_acc", "retention", "kd_gain",
+               *[c for c in _ATTR_DTYPES if c not in ("best_val_acc", "test_acc", "retention")],
+               "stop_reason", "pareto", "run_status", "started", "duration_s", "mlflow_run_id", "checkpoint_uri"]
+    frame = pd.DataFrame(rows, columns=[c for c in columns if c != "pareto"])
+    dtypes = {"number": "int64", **param_dtypes, **_ATTR_DTYPES, "kd_gain": "float64", "duration_s": "float64",
+              **{c: "string" for c in _STRING_COLUMNS}}
+    frame = frame.astype(dtypes)
+    frame["started"] = pd.to_datetime(frame["started"])
+    frame["pareto"] = frame["number"].isin(pareto(frame)["number"])
+    return frame[columns].reset_index(drop=True)
+
+
+def _param_dtypes(frozen: list[optuna.trial.FrozenTrial]) -> dict[str, str]:
+    """Each searched param's column dtype, in the order the trials suggest them."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    dtypes: dict[str, str] = {}
+    for t in frozen:
+        for name, dist in t.distributions.items():
+            if name in dtypes:
+                continue
+            if isinstance(dist, IntDistribution):
+                dtypes[name] = "Int64"
+            elif isinstance(dist, CategoricalDistribution):
+                numbers = all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in dist.choices)
+                ints = numbers and all(isinstance(c, int) for c in dist.choices)
+                dtypes[name] = "Int64" if ints else "float64" if numbers else "string"
+            else:
+                dtypes[name] = "float64"
+    return dtypes
+
+
+def where(frame: pd.DataFrame, expression: str | None) -> pd.DataFrame:
+    """Rows where ``expression`` holds: column names, numbers, 'strings', comparisons, and/or/not.
+
+    ``where(df, "retention > 0.95 and student_params < 20000")``. Nothing is passed to ``eval``.
+    """
+    return _where.where(frame, expression)
+
+
+def best(study: str | pd.DataFrame, metric: str = "test_acc", where: str | None = None, *,
+         direction: str | None = None, storage: str | None = None, tracking_uri: str | None = None,
+         store: str | Path | None = None) -> pd.Series:
+    """The COMPLETE trial with the highest ``metric`` (lowest for a cost such as train_time_s), among
+    those matching ``where``. ``study`` is a study name or a ``trials`` frame. Ties go to the
+    earliest trial.
+    """
+    import pandas as pd
+
+    frame = study if isinstance(study, pd.DataFrame) else trials(study, storage=storage,
+                                                                 tracking_uri=tracking_uri, store=store)
+    _where.check_columns(frame, [metric], "metric")
+    if not pd.api.types.is_numeric_dtype(frame[metric].dtype) or pd.api.types.is_bool_dtype(frame[metric].dtype):
+        raise ConfigError(f"metric {metric!r} is not a number: pick one of "
+                          f"{', '.join(c for c in frame.columns if _is_number(frame[c]))}")
+    direction = direction or ("minimize" if metric in _COSTS else "maximize")
+    if direction not in ("maximize", "minimize"):
+        raise ConfigError(f"direction {direction!r} is not allowed: use maximize or minimize")
+    rows = _where.where(frame, where)
+    rows = rows[(rows["state"] == "COMPLETE").fillna(False).to_numpy() & rows[metric].notna().to_numpy()]
+    if rows.empty:
+        of = f" of study {study!r}" if isinstance(study, str) else ""
+        raise ConfigError(f"no COMPLETE trial{of} has a {metric}" + (f" where {where}" if where else ""))
+    ordered = rows.sort_values(metric, ascending=direction == "minimize", kind="stable")
+    return ordered.iloc[0]
+
+
+def _is_number(column: pd.Series) -> bool:
+    import pandas as pd
+
+    return pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column.dtype)
+
+
+def pareto(df: pd.DataFrame, maximize: tuple[str, ...] | list[str] = DEFAULT_MAXIMIZE,
+           minimize: tuple[str, ...] | list[str] = DEFAULT_MINIMIZE, *,
+           states: tuple[str, ...] | None = ("COMPLETE",)) -> pd.DataFrame:
+    """The rows of ``df`` no other row beats on every objective (and strictly on one).
+
+    Only rows in ``states`` count when ``df`` has a ``state`` column (pass ``states=None`` for
+    all rows); rows missing an objective are left out.
+    """
+    import numpy as np
+
+    objectives = [*maximize, *minimize]
+    if not objectives:
+        raise ConfigError("pareto needs at least one objective to maximize or minimize")
+    _where.check_columns(df, objectives, "objective")
+    rows = df
+    if states is not None and "state" in df.columns:
+        rows = rows[rows["state"].isin(list(states)).fillna(False).to_numpy()]
+    rows = rows.dropna(subset=objectives)
+    # Every objective as a cost: maximized ones negated.
+    costs = np.column_stack([rows[c].to_numpy(dtype="float64") * (-1.0 if c in maximize else 1.0)
+                             for c in objectives]) if len(rows) else np.empty((0, len(objectives)))
+    dominated = np.zeros(len(rows), dtype=bool)
+    for i in range(len(rows)):
+        no_worse = (costs <= costs[i]).all(axis=1)
+        better = (costs < costs[i]).any(axis=1)
+        dominated[i] = bool((no_worse & better).any())
+    return rows[~dominated]
+
+
+def load_student(study: str, trial: int | pd.Series, *, storage: str | None = None,
+                 tracking_uri: str | None = None, store: str | Path | None = None) -> nn.Module:
+    """The student of trial ``trial`` (a number, or a row of ``trials``/``best``) rebuilt from its
+    checkpoint artifact (loaded with ``weights_only=True``), on the CPU in eval mode."""
+    import numbers
+    import tempfile
+
+    from mlflow.artifacts import download_artifacts
+
+    from kdcore import get_task
+    from kdcore._files import load_safe
+    from sweeps.tracking import STUDENT_FORMAT
+
+    number = int(trial) if isinstance(trial, numbers.Integral) else int(trial["number"])
+    sources = Sources.resolve(storage, tracking_uri, store)
+    found = [t for t in sources.study(study).get_trials(deepcopy=False) if t.number == number]
+    if not found:
+        raise ConfigError(f"study {study!r} has no trial {number}")
+    uri = found[0].user_attrs.get("checkpoint_uri")
+    if not uri:
+        raise ConfigError(f"trial {number} of study {study!r} has no checkpoint (state {found[0].state.name})")
+    with tempfile.TemporaryDirectory() as tmp, _no_progress_bars():
+        path = download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=sources.store.tracking_uri)
+        checkpoint = load_safe(Path(path))
+    if checkpoint.get("format") != STUDENT_FORMAT:
+        raise ConfigError(f"{uri} is not a kdsweep student checkpoint (format {checkpoint.get('format')!r}, "
+                          f"expected {STUDENT_FORMAT!r})")
+    model = get_task(checkpoint["task"]).build_student(checkpoint["ratio"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """MLflow draws a progress bar per download unless told not to (a user's own setting wins)."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
+def update_pareto_tags(study: str | optuna.Study, *, client: MlflowClient | None = None,
+                       storage: str | None = None, tracking_uri: str | None = None,
+                       store: str | Path | None = None) -> list[int]:
+    """Tag each trial's MLflow run ``pareto=true`` if it is Pareto-optimal among the COMPLETE trials
+    (max test_acc, min student_params and train_time_s), ``pareto=false`` otherwise; RUNNING
+    trials are left alone. Writes only the tags that change. Returns the Pareto-optimal trial numbers.
+
+    From a sweep: ``update_pareto_tags(study, client=client)`` with the open ``optuna.Study`` and
+    its ``MlflowClient``; otherwise by name, with the same store options as ``trials``.
+    """
+    sources = Sources.resolve(storage, tracking_uri or (client.tracking_uri if client else None), store)
+    opened = study if not isinstance(study, str) else sources.study(study)
+    client = client or sources.store.client()
+    runs = experiment_runs(sources.store, opened.study_name, client=client)
+    frame = trial_frame(opened, runs)
+    for number, state, optimal, run_id in frame[["number", "state", "pareto", "mlflow_run_id"]].itertuples(index=False):
+        run = runs.runs.get(run_id) if isinstance(run_id, str) else None
+        if run is None or state == "RUNNING":
+            continue
+        wanted = "true" if optimal else "false"
+        if run.tags.get(PARETO_TAG) != wanted:
+            client.set_tag(run.run_id, PARETO_TAG, wanted)
+    return sorted(int(n) for n in frame.loc[frame["pareto"], "number"])

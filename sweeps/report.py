@@ -1,0 +1,242 @@
+"""``kdsweep report``: one self-contained HTML page (figures embedded) and its PNG files per study.
+
+The page: the teacher / no-KD student / distilled student table; accuracy against student size
+and against training time with the Pareto fronts; validation curves of the top trials; Optuna's
+parameter importances and parallel coordinates; epoch time by compression ratio; the Pareto and
+top trials. The same files are logged under ``report/`` of the study's parent MLflow run, and
+the trial runs' ``pareto`` tags are brought up to date.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sweeps import _plots
+from sweeps._format import cell
+from sweeps._runs import ExperimentRuns, experiment_runs
+from sweeps._summary import study_comparison
+from sweeps.query import Sources, pareto, trial_frame, update_pareto_tags
+
+if TYPE_CHECKING:
+    import optuna
+    import pandas as pd
+
+REPORT_ARTIFACT_DIR = "report"
+REPORT_FILE = "report.html"
+_TOP = 10
+
+
+@dataclass
+class Section:
+    """One figure of the report: the PNG it was saved to, or the note saying why it is missing."""
+
+    file: str
+    title: str
+    caption: str
+    path: Path | None = None
+    note: str = ""
+
+
+def write_report(study: str, out: str | Path | None = None, *, storage: str | None = None,
+                 tracking_uri: str | None = None, store: str | Path | None = None,
+                 log_to_mlflow: bool = True) -> Path:
+    """Write ``report.html`` and the PNGs for ``study`` into ``out`` (default ``./reports/<study>``);
+    unless ``log_to_mlflow`` is False, log them to the study's parent run and refresh the trial runs'
+    ``pareto`` tags. Returns the HTML path."""
+    sources = Sources.resolve(storage, tracking_uri, store)
+    opened = sources.study(study)
+    runs = experiment_runs(sources.store, study)
+    frame = trial_frame(opened, runs)
+    table = study_comparison(runs)
+    folder = Path(out) if out is not None else Path("reports") / study
+    folder.mkdir(parents=True, exist_ok=True)
+
+    sections = _draw(opened, frame, runs, table, folder)
+    page = folder / REPORT_FILE
+    page.write_text(_page(opened, frame, runs, table, sections), encoding="utf-8")
+    parents = runs.of_kind("study")
+    if log_to_mlflow and runs.experiment_id is not None:
+        client = sources.store.client()
+        for path in [page, *(s.path for s in sections if s.path)] if parents else []:
+            client.log_artifact(parents[-1].run_id, str(path), artifact_path=REPORT_ARTIFACT_DIR)
+        update_pareto_tags(opened, client=client, storage=sources.storage_url, store=sources.store.root)
+    return page
+
+
+def _draw(study: optuna.Study, frame: pd.DataFrame, runs: ExperimentRuns, table: dict[str, float],
+          folder: Path) -> list[Section]:
+    colour, log_colour = _plots.colour_param(study, frame)
+    context = _plots.Context(colour, log_colour, _teacher_acc(runs, table), _baseline_point(runs))
+    colour_note = f" Colour: {colour}{' (log scale)' if log_colour else ''}." if colour else ""
+    sections = [
+        (Section("accuracy_vs_params.png", "Accuracy vs student size",
+                 "Each dot is one trial's distilled student on the test split. The red step line and rings "
+                 "mark the Pareto front: no other complete trial is both smaller and at least as accurate. "
+                 f"Grey crosses are pruned trials (stopped early, so under-trained).{colour_note} The dashed "
+                 "line is the teacher; the green star the same student trained without distillation."),
+         lambda p: _plots.plot_accuracy_vs_cost(frame, context, "student_params", p)),
+        (Section("accuracy_vs_time.png", "Cost vs accuracy: training time",
+                 "Test accuracy against the seconds each trial spent training (on this machine). Points on "
+                 f"the red front are the cheapest way found to reach their accuracy.{colour_note}"),
+         lambda p: _plots.plot_accuracy_vs_cost(frame, context, "train_time_s", p)),
+        (Section("validation_curves.png", "Validation curves of the top trials",
+                 "Validation accuracy after every epoch (the value the pruner compares) for the trials with "
+                 "the best test accuracy; the dot marks the epoch whose weights were kept."),
+         lambda p: _plots.plot_validation_curves(study, frame, p)),
+        (Section("param_importances.png", "Parameter importances",
+                 "How much of the variation in best validation accuracy each searched setting explains "
+                 "(Optuna's default evaluator, over COMPLETE trials). Few trials give rough estimates."),
+         lambda p: _plots.plot_optuna("importances", study, p)),
+        (Section("parallel_coordinates.png", "Parallel coordinates",
+                 "One line per COMPLETE trial through its settings, coloured by best validation accuracy: "
+                 "look for the ranges where the best (darkest) lines gather."),
+         lambda p: _plots.plot_optuna("parallel", study, p)),
+        (Section("epoch_time_by_ratio.png", "Epoch time by compression ratio",
+                 "Mean wall time of one epoch (training and validation) of each trial against the student's "
+                 "width ratio: what a smaller student saves per epoch."),
+         lambda p: _plots.plot_epoch_time(frame, p)),
+    ]
+    drawn = []
+    for section, draw in sections:
+        path = folder / section.file
+        path.unlink(missing_ok=True)  # never leave a stale figure from an earlier report
+        try:
+            section.path = draw(path)
+        except _plots.Skipped as skipped:
+            section.note = str(skipped)
+        drawn.append(section)
+    return drawn
+
+
+def _teacher_acc(runs: ExperimentRuns, table: dict[str, float]) -> float | None:
+    if "teacher_test_acc" in table:
+        return table["teacher_test_acc"]
+    logged = [r.metrics["teacher_test_acc"] for r in runs.of_kind("trial") if "teacher_test_acc" in r.metrics]
+    return logged[-1] if logged else None
+
+
+def _baseline_point(runs: ExperimentRuns) -> tuple[float, float, int] | None:
+    baselines = [r for r in runs.of_kind("baseline") if {"student_params", "test_acc"} <= set(r.metrics)
+                 and r.tags.get("kdsweep.baseline_of_trial", "").isdigit()]
+    if not baselines:
+        return None
+    last = baselines[-1]
+    return last.metrics["student_params"], last.metrics["test_acc"], int(last.tags["kdsweep.baseline_of_trial"])
+
+
+def _page(study: optuna.Study, frame: pd.DataFrame, runs: ExperimentRuns, table: dict[str, float],
+          sections: list[Section]) -> str:
+    task = study.user_attrs.get("kdsweep.task", "?")
+    counts = frame["state"].value_counts().to_dict()
+    space = study.user_attrs.get("kdsweep.space", {})
+    parents = runs.of_kind("study")
+    wall = parents[-1].metrics.get("wall_time_s") if parents else None
+    facts = [("task", task), ("trials", f"{len(frame)} ({', '.join(f'{n} {s.lower()}' for s, n in counts.items())})"),
+             ("search space", "; ".join(f"{k}: {v}" for k, v in space.items())),
+             ("time in trials",
+              f"{frame['duration_s'].sum():.1f} s" + (f" (last sweep: {wall:.1f} s wall)" if wall else "")),
+             ("MLflow experiment", f"{study.study_name} (id {runs.experiment_id})" if runs.experiment_id else "none"),
+             ("generated", datetime.datetime.now().isoformat(sep=" ", timespec="seconds"))]
+    params = [c for c in _plots.searched_params(study) if c in frame.columns]
+    columns = ["number", *params, "test_acc", "best_val_acc", "retention", "kd_gain", "student_params",
+               "train_time_s", "epochs_run", "stop_reason"]
+    front = pareto(frame).sort_values("student_params")
+    leaders = frame[(frame["state"] == "COMPLETE").to_numpy()].sort_values(
+        ["test_acc", "best_val_acc"], ascending=False, kind="stable").head(_TOP)
+    parts = [f"<h1>kdsweep study <code>{_e(study.study_name)}</code></h1>", _facts(facts),
+             "<h2>Teacher, student without distillation, distilled student</h2>", _comparison(table, task)]
+    for section in sections:
+        parts.append(f"<h2>{_e(section.title)}</h2>")
+        if section.path is not None:
+            data = base64.b64encode(section.path.read_bytes()).decode("ascii")
+            parts.append(f'<figure><img alt="{_e(section.title)}" src="data:image/png;base64,{data}">'
+                         f"<figcaption>{_e(section.caption)} <span class=file>({_e(section.file)})</span>"
+                         "</figcaption></figure>")
+        else:
+            parts.append(f'<p class="note">Not drawn: {_e(section.note)}.</p>')
+    parts += [f"<h2>Pareto-optimal trials ({len(front)})</h2>",
+              "<p>COMPLETE trials no other beats on test accuracy, student parameters and training time at once "
+              "(tagged <code>pareto=true</code> in MLflow).</p>", _table(front, columns),
+              f"<h2>Top {min(_TOP, len(leaders))} trials by test accuracy</h2>", _table(leaders, columns)]
+    return _TEMPLATE.format(title=_e(f"kdsweep report: {study.study_name}"), body="\n".join(parts))
+
+
+def _comparison(table: dict[str, float], task: str) -> str:
+    if "distilled_test_acc" not in table:
+        return ('<p class="note">No comparison yet: the sweep ends by training its best configuration without '
+                "distillation; this one was interrupted or had no time left.</p>")
+    trial = int(table["best_trial"])
+    rows = [("teacher", table["teacher_test_acc"], 1.0, None, _teacher_params(task))]
+    if "nokd_test_acc" in table:
+        rows.append((f"student without KD (trial {trial}'s settings, alpha = 0)", table["nokd_test_acc"],
+                     table.get("nokd_retention"), None, table.get("student_params")))
+    rows.append((f"distilled student (trial {trial})", table["distilled_test_acc"], table.get("retention"),
+                 table.get("kd_gain"), table.get("student_params")))
+    head = "".join(f"<th>{h}</th>" for h in ("model", "test accuracy", "retention of the teacher", "KD gain",
+                                                 "parameters"))
+    body = "".join(f"<tr><td>{_e(name)}</td><td>{cell('test_acc', acc)}</td><td>{cell('retention', ret)}</td>"
+                   f"<td>{cell('kd_gain', gain)}</td><td>{cell('student_params', params)}</td></tr>"
+                   for name, acc, ret, gain, params in rows)
+    note = "" if "nokd_test_acc" in table else '<p class="note">No no-KD baseline: no KD gain to show.</p>'
+    return f"<table class=num><tr>{head}</tr>{body}</table>{note}"
+
+
+def _teacher_params(task: str) -> float | None:
+    try:
+        from kdcore import count_parameters, get_task
+
+        return float(count_parameters(get_task(task).build_teacher())[0])
+    except Exception:  # a user task that cannot be imported here: leave the cell empty
+        return None
+
+
+def _facts(facts: list[tuple[str, Any]]) -> str:
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(str(v))}</td></tr>" for k, v in facts)
+    return f"<table class=facts>{rows}</table>"
+
+
+def _table(rows: pd.DataFrame, columns: list[str]) -> str:
+    if rows.empty:
+        return '<p class="note">None yet.</p>'
+    columns = [c for c in columns if c in rows.columns]
+    # Spaced headers may wrap, so the table fits the page; it scrolls sideways if it still does not.
+    head = "".join(f"<th>{_e(_header(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_e(cell(c, row[c]))}</td>" for c in columns) + "</tr>"
+                   for _, row in rows.iterrows())
+    return f"<div class=scroll><table class=num><tr>{head}</tr>{body}</table></div>"
+
+
+def _header(column: str) -> str:
+    if column == "number":
+        return "trial"
+    return f"{column[:-2].replace('_', ' ')} (s)" if column.endswith("_s") else column.replace("_", " ")
+
+
+def _e(text: str) -> str:
+    return html.escape(str(text), quote=True)
+
+
+_TEMPLATE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body {{ font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222; max-width: 980px;
+       margin: 2em auto; padding: 0 1em; }}
+h1 {{ font-size: 1.6em; }} h2 {{ font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }}
+figure {{ margin: 0.5em 0; }} img {{ max-width: 100%; border: 1px solid #eee; }}
+figcaption {{ color: #444; font-size: 0.92em; }} .file {{ color: #888; }}
+table {{ border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }}
+th, td {{ padding: 3px 8px; border-bottom: 1px solid #e5e5e5; text-align: left; }} th {{ vertical-align: bottom; }}
+table.num td, table.num th {{ text-align: right; font-variant-numeric: tabular-nums; }}
+table.num td:first-child, table.num th:first-child {{ text-align: left; }} .scroll {{ overflow-x: auto; }}
+table.facts th {{ color: #555; font-weight: 600; }} .note {{ color: #8a5a00; background: #fff6e0; padding: 4px 8px; }}
+</style></head>
+<body>
+{body}
+</body></html>
+"""

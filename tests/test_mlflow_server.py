@@ -1,0 +1,201 @@
+"""`kdsweep ui` starts a real `mlflow server` over a store a real sweep wrote; through its REST API
+(the calls the MLflow UI makes) the experiment, the parent run, every trial run, their metric
+histories, the Pareto tags and the checkpoint artifacts must all be visible."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from _sweep_store import REPO, copy_store, sweep_store
+
+from sweeps import load_student, trials, update_pareto_tags
+from sweeps.tracking import STUDENT_FORMAT
+
+_START_S = 120
+
+
+@pytest.fixture(scope="session")
+def swept(tmp_path_factory, teacher_store):
+    return sweep_store(tmp_path_factory, teacher_store)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """The REST API of a running MLflow server."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def raw(self, endpoint: str, /, **query) -> bytes:
+        with urllib.request.urlopen(f"{self.url}{endpoint}?{urllib.parse.urlencode(query, doseq=True)}",
+                                    timeout=30) as response:
+            return response.read()
+
+    def get(self, endpoint: str, /, **query) -> dict:
+        return json.loads(self.raw(endpoint, **query))
+
+    def post(self, endpoint: str, body: dict) -> dict:
+        request = urllib.request.Request(f"{self.url}{endpoint}", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+
+def _server_pids(port: int) -> list[int]:
+    """Processes of the mlflow server on ``port`` (for clean-up if `kdsweep ui` did not stop it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if entry.name.isdigit() and b"server" in command and str(port).encode() in command:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def server(swept, tmp_path_factory):
+    """`kdsweep ui` on a copy of the swept store (Pareto tags brought up to date), stopped with Ctrl-C."""
+    store = copy_store(swept, tmp_path_factory.mktemp("ui"))
+    update_pareto_tags(store.study, store=store.root)
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "KDSWEEP_STORE")}
+    ui = subprocess.Popen([sys.executable, "-m", "cli.main", "ui", "--port", str(port), *store.options], cwd=REPO,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + _START_S
+        while True:
+            assert ui.poll() is None, f"kdsweep ui exited early: {ui.stdout.read()}"
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow server did not start"
+                time.sleep(0.3)
+        yield store, Server(url), ui
+    finally:
+        if ui.poll() is None:
+            ui.send_signal(signal.SIGINT)  # what Ctrl-C does
+            try:
+                ui.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(ui.pid, signal.SIGKILL)
+        for pid in _server_pids(port):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def api(server):
+    store, rest, _ = server
+    experiment = rest.get("/api/2.0/mlflow/experiments/get-by-name", experiment_name=store.study)["experiment"]
+    found = rest.post("/ajax-api/2.0/mlflow/runs/search",
+                      {"experiment_ids": [experiment["experiment_id"]], "max_results": 1000})["runs"]
+    return store, rest, experiment, found
+
+
+def _tags(run: dict) -> dict[str, str]:
+    return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+
+def _parent(found: list[dict]) -> dict:
+    (parent,) = [r for r in found if _tags(r).get("kdsweep.kind") == "study"]
+    return parent
+
+
+def test_the_ui_page_itself_is_served(server):
+    _, rest, _ = server
+    assert b"<html" in rest.raw("/").lower()
+
+
+def test_experiment_is_named_after_the_study(api):
+    store, _, experiment, _ = api
+    assert experiment["name"] == store.study
+    assert experiment["artifact_location"] == (store.root / "artifacts" / store.study).as_uri()
+
+
+def test_parent_run_carries_the_study_summary(api):
+    store, rest, _, found = api
+    parent = _parent(found)
+    assert parent["info"]["run_name"] == store.study
+    metrics = {m["key"] for m in parent["data"]["metrics"]}
+    assert {"teacher_test_acc", "best_test_acc", "distilled_test_acc", "nokd_test_acc", "kd_gain"} <= metrics
+    listed = rest.get("/ajax-api/2.0/mlflow/artifacts/list", run_id=parent["info"]["run_id"])["files"]
+    assert {"comparison.json", "space.json"} <= {f["path"] for f in listed}
+
+
+def test_every_trial_is_a_child_run_of_the_parent(api):
+    store, _, _, found = api
+    frame = trials(store.study, store=store.root)
+    parent_id = _parent(found)["info"]["run_id"]
+    children = [r for r in found if _tags(r).get("mlflow.parentRunId") == parent_id]
+    assert sorted(int(_tags(r)["optuna.trial_number"]) for r in children) == list(frame["number"])
+    assert {r["info"]["run_id"] for r in children} == set(frame["mlflow_run_id"])
+    assert all(_tags(r)["kdsweep.kind"] == "trial" for r in children)
+    baseline = [r for r in found if _tags(r).get("kdsweep.kind") == "baseline"]
+    assert len(baseline) == 1 and "mlflow.parentRunId" not in _tags(baseline[0])
+
+
+def test_metric_histories_have_one_point_per_epoch(api):
+    store, rest, _, _ = api
+    frame = trials(store.study, store=store.root)
+    for row in frame.itertuples():
+        for metric in ("val_acc", "train_loss", "epoch_time_s"):
+            history = rest.get("/ajax-api/2.0/mlflow/metrics/get-history", run_id=row.mlflow_run_id,
+                               metric_key=metric)["metrics"]
+            assert sorted(m["step"] for m in history) == list(range(1, row.epochs_run + 1)), (row.number, metric)
+    # The run-comparison charts fetch many runs at once.
+    bulk = rest.get("/ajax-api/2.0/mlflow/metrics/get-history-bulk-interval", run_ids=list(frame["mlflow_run_id"]),
+                    metric_key="val_acc", max_results=1000)["metrics"]
+    assert {m["run_id"] for m in bulk} == set(frame["mlflow_run_id"])
+
+
+def test_pareto_tag_filters_the_pareto_trials(api):
+    store, rest, experiment, _ = api
+    frame = trials(store.study, store=store.root)
+    tagged = rest.post("/ajax-api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]],
+                                                            "filter": "tags.pareto = 'true'"})["runs"]
+    assert sorted(int(_tags(r)["optuna.trial_number"]) for r in tagged) == sorted(frame.loc[frame["pareto"], "number"])
+
+
+def test_checkpoints_are_listed_and_download_as_the_student(api):
+    store, rest, _, _ = api
+    frame = trials(store.study, store=store.root)
+    for row in frame.itertuples():
+        files = rest.get("/ajax-api/2.0/mlflow/artifacts/list", run_id=row.mlflow_run_id, path="checkpoint")["files"]
+        assert [f["path"] for f in files] == ["checkpoint/student.pt"]
+        assert int(files[0]["file_size"]) > 0
+    row = frame.sort_values("test_acc").iloc[-1]
+    data = rest.raw("/get-artifact", path="checkpoint/student.pt", run_uuid=row["mlflow_run_id"])
+    checkpoint = torch.load(io.BytesIO(data), weights_only=True)
+    assert checkpoint["format"] == STUDENT_FORMAT
+    expected = load_student(store.study, int(row["number"]), store=store.root).state_dict()
+    assert checkpoint["state_dict"].keys() == expected.keys()
+    assert all(torch.equal(checkpoint["state_dict"][k], expected[k]) for k in expected)
+
+
+def test_ctrl_c_stops_the_ui_and_its_server(server):
+    _, rest, ui = server
+    ui.send_signal(signal.SIGINT)
+    assert ui.wait(timeout=30) == 0
+    assert "MLflow UI: http://127.0.0.1:" in ui.stdout.read()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{rest.url}/health", timeout=2)

@@ -1,0 +1,98 @@
+"""`kdsweep report`: a self-contained HTML page with every figure, PNG files, and the same files
+logged to the study's parent MLflow run; few-trial studies degrade with a note, not a crash."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import optuna
+import pytest
+from _sweep_store import copy_store, sweep_store
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from cli.main import app
+from sweeps import write_report
+from sweeps.storage import open_storage
+
+FIGURES = ["accuracy_vs_params.png", "accuracy_vs_time.png", "validation_curves.png", "param_importances.png",
+           "parallel_coordinates.png", "epoch_time_by_ratio.png"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="session")
+def swept(tmp_path_factory, teacher_store):
+    return sweep_store(tmp_path_factory, teacher_store)
+
+
+@pytest.fixture(scope="module")
+def reported(swept, tmp_path_factory):
+    """A report written through the CLI, on a private copy of the swept store."""
+    store = copy_store(swept, tmp_path_factory.mktemp("report"))
+    out = store.root.parent / "out"
+    result = CliRunner().invoke(app, ["report", store.study, "--out", str(out), *store.options])
+    assert result.exit_code == 0, result.output
+    return store, out, (out / "report.html").read_text(encoding="utf-8"), result.stdout
+
+
+def test_report_writes_every_figure_as_png(reported):
+    _, out, _, _ = reported
+    for name in FIGURES:
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG), name
+        assert len(data) > 10_000, name  # a drawn figure, not an empty canvas
+
+
+def test_html_embeds_the_same_pngs_and_needs_nothing_else(reported):
+    _, out, page, _ = reported
+    embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert [base64.b64decode(data) for data in embedded] == [(out / name).read_bytes() for name in FIGURES]
+    assert not re.search(r'(src|href)="(?!data:)', page), "the page must not load anything from elsewhere"
+    assert "Not drawn" not in page
+
+
+def test_html_has_the_teacher_nokd_distilled_table_and_trial_tables(reported):
+    _, _, page, _ = reported
+    for text in ("teacher", "student without KD", "distilled student", "retention of the teacher", "KD gain",
+                 "Pareto-optimal trials", "Top "):
+        assert text in page, text
+
+
+def test_cli_prints_where_the_report_is(reported):
+    _, out, _, stdout = reported
+    assert str(out / "report.html") in stdout
+
+
+def test_report_files_are_logged_to_the_parent_run(reported):
+    store, _, _, _ = reported
+    client = MlflowClient(store.tracking_uri)
+    experiment = client.get_experiment_by_name(store.study)
+    parent = client.search_runs([experiment.experiment_id], "tags.`kdsweep.kind` = 'study'")[0]
+    logged = {item.path.split("/")[-1] for item in client.list_artifacts(parent.info.run_id, "report")}
+    assert logged == {"report.html", *FIGURES}
+
+
+def test_report_refreshes_the_pareto_tags(reported):
+    store, _, _, _ = reported
+    client = MlflowClient(store.tracking_uri)
+    experiment = client.get_experiment_by_name(store.study)
+    trial_runs = client.search_runs([experiment.experiment_id], "tags.`kdsweep.kind` = 'trial'")
+    assert {r.data.tags.get("pareto") for r in trial_runs} == {"true", "false"}
+
+
+def test_a_study_with_one_trial_gets_notes_instead_of_figures(swept, tmp_path):
+    store = copy_store(swept, tmp_path)
+    study = optuna.create_study(study_name="tiny", storage=open_storage(store.storage_url), direction="maximize")
+    study.add_trial(optuna.trial.create_trial(
+        params={"temperature": 2.0, "ratio": 0.5},
+        distributions={"temperature": optuna.distributions.FloatDistribution(1, 20),
+                       "ratio": optuna.distributions.FloatDistribution(0.05, 1)},
+        value=0.9, intermediate_values={1: 0.5, 2: 0.9},
+        user_attrs={"test_acc": 0.91, "student_params": 1000, "train_time_s": 1.0, "epoch_time_s": 0.02}))
+    page = write_report("tiny", tmp_path / "tiny", store=store.root).read_text(encoding="utf-8")
+    assert page.count("data:image/png;base64,") == 3  # the two accuracy views and the validation curves
+    assert page.count("Not drawn: needs at least 2 COMPLETE trials") == 2
+    assert "Not drawn: fewer than 2 trials with a measured epoch time" in page
+    assert "No comparison yet" in page
+    assert not (tmp_path / "tiny" / "param_importances.png").exists()
