@@ -145,6 +145,10 @@ def _range(name: str, spec: dict[str, Any]) -> Dimension:
     if log and step:
         raise ConfigError(f"range for '{name}' cannot have both log and step")
     is_int = TrainConfig.model_fields[name].annotation is int
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0
+                             or (is_int and step != int(step))):
+        kind = "a positive integer" if is_int else "a positive number"
+        raise ConfigError(f"step of the range for '{name}' must be {kind}, got {step!r}")
     return Dimension(name, "int" if is_int else "float", float(low), float(high), log, step)
 
 
