@@ -66,6 +66,7 @@ def train(
     from sweeps.tracking import RunLogger
 
     paths = Store.resolve(store, tracking_uri)
+    paths.check_reachable()
     prepared = prepare_task(task_spec, paths, train_config.device)
     client = paths.client()
     experiment_id = paths.experiment(client, experiment)

@@ -249,13 +249,13 @@ def train(
             state["history"] = [asdict(h) for h in history]
             # A snapshot: state_dict() tensors alias the live weights, which later epochs change.
             on_checkpoint(copy.deepcopy({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict()}))
-        if cut_short:
-            break
         try:
             if on_epoch is not None:
                 on_epoch(result)
         except StopTraining as stop:
-            stop_reason = stop.reason
+            stop_reason = stop_reason if cut_short else stop.reason
+            break
+        if cut_short:
             break
         if config.patience and state["bad_epochs"] >= config.patience:
             stop_reason = "early_stopped"

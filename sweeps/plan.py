@@ -40,7 +40,6 @@ class SweepPlan:
     n_trials: int | None = None
     experiment_id: str = ""
     parent_run_id: str = ""
-    first_trial_number: int = 0
     jobs: int = 1
     grid_points: int = 4
 
@@ -90,5 +89,8 @@ class SweepPlan:
             return True
         from optuna.trial import TrialState
 
-        started = [t for t in trials if t.number >= self.first_trial_number and t.state != TrialState.WAITING]
+        # Counted by start time, not number: trials enqueued by an earlier invocation (presets,
+        # re-runs of interrupted trials) have lower numbers but run in this one.
+        started = [t for t in trials if t.state != TrialState.WAITING and t.datetime_start is not None
+                   and t.datetime_start.timestamp() >= self.started_at]
         return len(started) < self.n_trials

@@ -26,7 +26,7 @@ from sweeps.leases import close_orphan_runs, reap_stale_trials
 from sweeps.plan import SweepPlan
 from sweeps.samplers import check_names
 from sweeps.space import SearchSpace
-from sweeps.storage import check_storage_url, default_storage_url, open_storage
+from sweeps.storage import check_storage_url, default_storage_url, display_url, open_storage
 from sweeps.store import Store
 from sweeps.tracking import RunLogger
 from sweeps.worker import process_main, work
@@ -95,6 +95,7 @@ def check_sweep(plan: SweepPlan, enqueue_presets: bool) -> SearchSpace:
     if plan.sampler == "grid" and enqueue_presets:
         raise ConfigError("--enqueue-presets conflicts with --sampler grid: a grid visits its own points")
     _check_resume_matches(plan, space)
+    Store(Path(plan.store_root), plan.tracking_uri).check_reachable()
     return space
 
 
@@ -121,8 +122,7 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
     study.set_user_attr("kdsweep.task", plan.task)
     invocation = int(study.user_attrs.get("kdsweep.invocations", 0)) + 1
     study.set_user_attr("kdsweep.invocations", invocation)
-    plan = replace(plan, experiment_id=experiment_id, parent_run_id=parent.run_id,
-                   first_trial_number=len(study.trials))
+    plan = replace(plan, experiment_id=experiment_id, parent_run_id=parent.run_id)
     reap_stale_trials(study, client)
     close_orphan_runs(study, client, experiment_id)
     if enqueue_presets:
@@ -151,7 +151,7 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
         _abort(workers, study, client, parent)
         raise
     view.update(_snapshot(study, plan, "done"))
-    return SweepSummary(plan.study, experiment_id, parent.run_id, plan.storage_url, plan.tracking_uri, wall,
+    return SweepSummary(plan.study, experiment_id, parent.run_id, display_url(plan.storage_url), plan.tracking_uri, wall,
                         plan.budget_s, teacher_time, prepared.outputs.build_time_s, trials, comparison,
                         interrupted.is_set())
 
@@ -196,7 +196,7 @@ def _log_invocation(parent: RunLogger, plan: SweepPlan, prepared: Prepared, teac
                         "cache_build_time_s": prepared.outputs.build_time_s},
                        tags={"budget": f"{plan.budget_s:g}s", "sampler": plan.sampler, "pruner": plan.pruner,
                              "jobs": str(plan.jobs), "invocations": str(invocation),
-                             "storage": plan.storage_url, "mlflow.note.content": _note(plan)})
+                             "storage": display_url(plan.storage_url), "mlflow.note.content": _note(plan)})
     parent.client.log_dict(parent.run_id, plan.search_space().describe(), "space.json")
     if sweep_file is not None:
         parent.client.log_text(parent.run_id, sweep_file, "sweep.yaml")

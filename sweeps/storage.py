@@ -16,6 +16,18 @@ _RDB_SCHEMES = ("sqlite://", "postgresql://", "postgresql+psycopg2://", "postgre
 _JOURNAL_SUFFIXES = (".journal", ".log", ".jsonl")
 
 
+def display_url(url: str) -> str:
+    """The URL with any password masked, for messages, tags and summaries."""
+    if "://" not in url or "@" not in url:
+        return url
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("://", 1)[0] + "://***@" + url.rsplit("@", 1)[1]
+
+
 def default_storage_url(store_root: Path) -> str:
     return str(Path(store_root) / DEFAULT_JOURNAL)
 
@@ -57,4 +69,4 @@ def open_storage(url: str) -> BaseStorage:
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except Exception as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"cannot open Optuna storage '{url}': {first_line}") from None
+        raise ConfigError(f"cannot open Optuna storage '{display_url(url)}': {first_line}") from None

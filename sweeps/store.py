@@ -45,6 +45,26 @@ class Store:
     def teacher_cache(self) -> Path:
         return self.root / ".cache" / "teacher"
 
+    def check_reachable(self, timeout_s: float = 5.0) -> None:
+        """Fail fast, with ConfigError, when the tracking URI is an HTTP server that does not
+        answer: MLflow's client would otherwise retry for minutes."""
+        import urllib.error
+        import urllib.request
+
+        from kdcore import ConfigError
+        from sweeps.storage import display_url
+
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            return
+        try:
+            urllib.request.urlopen(self.tracking_uri.rstrip("/") + "/health", timeout=timeout_s).close()
+        except urllib.error.HTTPError:
+            return  # it answered; /health is just not where this server says so
+        except (OSError, ValueError) as error:
+            reason = getattr(error, "reason", error)
+            raise ConfigError(f"MLflow tracking server {display_url(self.tracking_uri)} does not answer "
+                              f"({reason}): start it, or fix --tracking-uri / $MLFLOW_TRACKING_URI") from None
+
     def client(self) -> MlflowClient:
         """An MlflowClient on this store, creating the embedded database on first use."""
         _quiet_mlflow()

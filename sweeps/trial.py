@@ -37,6 +37,28 @@ def run_trial(
     interrupt: threading.Event,
 ) -> None:
     """Run ``trial`` to the end and tell the study how it ended; never leaves it RUNNING."""
+    try:
+        _run_trial(study, trial, plan, prepared, client, interrupt)
+    except Exception as error:  # a broken trial must not end the sweep, nor stay RUNNING
+        log.warning("trial %d failed: %s: %s", trial.number, type(error).__name__, error)
+        _fail(study, trial, client)
+
+
+def _fail(study: optuna.Study, trial: optuna.Trial, client: MlflowClient) -> None:
+    from optuna.trial import TrialState
+
+    run_id = trial.user_attrs.get(RUN_ATTR)
+    if run_id:
+        client.set_tag(run_id, "state", "FAIL")
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status="FAILED")
+    if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+        trial.set_user_attr("stop_reason", "error")
+        study.tell(trial, state=TrialState.FAIL)
+
+
+def _run_trial(study: optuna.Study, trial: optuna.Trial, plan: SweepPlan, prepared: Prepared,
+               client: MlflowClient, interrupt: threading.Event) -> None:
     from optuna.trial import TrialState
 
     started = time.time()
@@ -47,7 +69,7 @@ def run_trial(
         client, plan.experiment_id, f"trial-{trial.number:04d}",
         params=run_params(prepared, config), parent_run_id=plan.parent_run_id,
         tags={"kdsweep.kind": "trial", "optuna.study": plan.study, "optuna.trial_number": str(trial.number),
-              "state": "RUNNING", **({"kdsweep.resumed_from_trial": str(resumed_from)} if resumed_from else {})})
+              "state": "RUNNING", **({"kdsweep.resumed_from_trial": str(resumed_from)} if resumed_from is not None else {})})
     trial.set_user_attr(RUN_ATTR, logger.run_id)
     own_checkpoint = checkpoint_path(plan.store_root, plan.study, trial.number)
 
@@ -57,18 +79,11 @@ def run_trial(
         if trial.should_prune():
             raise StopTraining("pruned")
 
-    try:
-        with Lease(study, trial._trial_id):
-            run = train_logged(
-                prepared, config, logger, on_epoch=report, resume=resume, interrupt=interrupt,
-                deadline=plan.trials_deadline(study.get_trials(deepcopy=False)),
-                on_checkpoint=lambda state: save_atomic(state, own_checkpoint))
-    except Exception as error:  # a broken trial must not end the sweep
-        log.warning("trial %d failed: %s: %s", trial.number, type(error).__name__, error)
-        client.set_tag(logger.run_id, "state", "FAIL")
-        trial.set_user_attr("stop_reason", "error")
-        study.tell(trial, state=TrialState.FAIL)
-        return
+    with Lease(study, trial._trial_id):
+        run = train_logged(
+            prepared, config, logger, on_epoch=report, resume=resume, interrupt=interrupt,
+            deadline=plan.trials_deadline(study.get_trials(deepcopy=False)),
+            on_checkpoint=lambda state: save_atomic(state, own_checkpoint))
 
     result = run.result
     state = _STATE_BY_STOP.get(result.stop_reason, "COMPLETE")
