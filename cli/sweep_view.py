@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from sweeps.search import Snapshot, SweepSummary
 
 _PLAIN_EVERY_S = 10.0
+_SHORT = {"temperature": "T", "batch_size": "batch", "data_fraction": "data", "weight_decay": "wd",
+          "label_smoothing": "smooth", "grad_accum_steps": "accum"}
 
 
 def _params(params: dict) -> str:
@@ -89,14 +91,15 @@ def print_summary(summary: SweepSummary, top: int = 10) -> None:
     done.sort(key=lambda t: t.value, reverse=True)
     table = Table(title=f"top trials of study '{summary.study}'")
     names = list(done[0].params) if done else []
-    for column in ["trial", *names, "val_acc", "test_acc", "params", "train s"]:
-        table.add_column(column, justify="right")
+    for column in ["trial", *[_SHORT.get(n, n) for n in names], "val_acc", "test_acc", "params", "train s"]:
+        table.add_column(column, justify="right", no_wrap=True)
     for t in done[:top]:
         table.add_row(str(t.number), *[f"{t.params[n]:.3g}" if isinstance(t.params[n], float) else str(t.params[n])
                                        for n in names],
                       f"{t.value:.4f}", f"{t.user_attrs.get('test_acc', float('nan')):.4f}",
                       str(t.user_attrs.get("student_params", "")), f"{t.user_attrs.get('train_time_s', 0):.1f}")
-    console.print(table)
+    # Off a terminal Rich assumes 80 columns and would squeeze the headers; logs can be wider.
+    console.print(table, width=None if console.is_terminal else max(console.width, 120))
     c = summary.comparison
     if c:
         line = (f"teacher test_acc {c['teacher_test_acc']:.4f} | distilled student {c['distilled_test_acc']:.4f} "

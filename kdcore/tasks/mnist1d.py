@@ -38,5 +38,5 @@ class MNIST1DTask(Task):
         return ConvNet1d(scaled_width(self.teacher_channels, ratio), self.num_classes, _LENGTH)
 
     def teacher_config(self) -> TrainConfig:
-        # Measured on CPU: 95.5% test accuracy in about 16 s; the best epoch lands near 100.
+        # Measured on CPU: 94.8% test accuracy in about 15 s (the issue asks for >= 92%).
         return TrainConfig(alpha=0.0, ratio=1.0, lr=1e-2, epochs=150, batch_size=128, weight_decay=0.0, patience=0)
