@@ -60,7 +60,7 @@ def train(
     get_task(task_spec)
 
     from cli.progress import EpochProgress
-    from cli.setup import prepare_task
+    from cli._prepare import prepare_task
     from sweeps.distill import run_params, train_logged
     from sweeps.store import Store
     from sweeps.tracking import RunLogger
@@ -99,7 +99,7 @@ def teacher(
     from kdcore import DEFAULT_TASK, get_task
 
     get_task(task or DEFAULT_TASK)
-    from cli.setup import prepare_task
+    from cli._prepare import prepare_task
     from sweeps.store import Store
 
     prepare_task(task or DEFAULT_TASK, Store.resolve(store), device)
