@@ -17,7 +17,6 @@ from pathlib import Path
 STUDY = "s1"
 REPO = Path(__file__).resolve().parents[1]
 _SWEEP = ["run", "--task", "digits", "--budget", "60s", "--n-trials", "8", "--study", STUDY]
-_built: dict[str, SweepStore] = {}
 
 
 @dataclass(frozen=True)
@@ -49,14 +48,12 @@ def kdsweep(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
 
 
 def sweep_store(tmp_path_factory, teacher_store: Path) -> SweepStore:
-    """The session's swept store, built on first use (one sweep per session, whichever module asks first)."""
-    if "store" not in _built:
-        root = tmp_path_factory.mktemp("swept") / "store"
-        shutil.copytree(teacher_store / "teachers", root / "teachers")
-        result = kdsweep(*_SWEEP, "--store", str(root))
-        assert result.returncode == 0, f"the fixture sweep failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        _built["store"] = SweepStore(root)
-    return _built["store"]
+    """Run one short real sweep into a fresh store (the session fixture ``swept`` in conftest.py)."""
+    root = tmp_path_factory.mktemp("swept") / "store"
+    shutil.copytree(teacher_store / "teachers", root / "teachers")
+    result = kdsweep(*_SWEEP, "--store", str(root))
+    assert result.returncode == 0, f"the fixture sweep failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return SweepStore(root)
 
 
 def copy_store(store: SweepStore, destination: Path) -> SweepStore:

@@ -83,3 +83,11 @@ def _score(task: kdcore.Task, state_dict: dict[str, torch.Tensor], ratio: float,
 def score(digits) -> Callable[..., tuple[float, float]]:
     """``score(state_dict, ratio, split)`` -> (loss, accuracy) of a digits student on that split."""
     return lambda state_dict, ratio, split: _score(digits, state_dict, ratio, split)
+
+
+@pytest.fixture(scope="session")
+def swept(tmp_path_factory, teacher_store):
+    """A store written by one real short sweep, shared by the query, report and UI tests."""
+    from _sweep_store import sweep_store
+
+    return sweep_store(tmp_path_factory, teacher_store)

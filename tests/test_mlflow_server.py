@@ -18,17 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from _sweep_store import REPO, copy_store, sweep_store
+from _sweep_store import REPO, copy_store
 
 from sweeps import load_student, trials, update_pareto_tags
 from sweeps.tracking import STUDENT_FORMAT
 
 _START_S = 120
-
-
-@pytest.fixture(scope="session")
-def swept(tmp_path_factory, teacher_store):
-    return sweep_store(tmp_path_factory, teacher_store)
 
 
 def _free_port() -> int:

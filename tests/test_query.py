@@ -10,7 +10,7 @@ import optuna
 import pandas as pd
 import pytest
 import torch
-from _sweep_store import copy_store, sweep_store
+from _sweep_store import copy_store
 from mlflow import MlflowClient
 
 from kdcore import ConfigError
@@ -18,11 +18,6 @@ from sweeps import best, compare, load_student, pareto, studies, trials, update_
 from sweeps._runs import experiment_runs
 from sweeps.storage import open_storage
 from sweeps.store import Store
-
-
-@pytest.fixture(scope="session")
-def swept(tmp_path_factory, teacher_store):
-    return sweep_store(tmp_path_factory, teacher_store)
 
 
 @pytest.fixture(scope="module")

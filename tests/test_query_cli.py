@@ -13,16 +13,11 @@ import time
 
 import pandas as pd
 import pytest
-from _sweep_store import REPO, sweep_store
+from _sweep_store import REPO
 from typer.testing import CliRunner
 
 from cli.main import app
 from sweeps import trials
-
-
-@pytest.fixture(scope="session")
-def swept(tmp_path_factory, teacher_store):
-    return sweep_store(tmp_path_factory, teacher_store)
 
 
 @pytest.fixture(scope="module")

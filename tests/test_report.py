@@ -8,7 +8,7 @@ import re
 
 import optuna
 import pytest
-from _sweep_store import copy_store, sweep_store
+from _sweep_store import copy_store
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
@@ -19,11 +19,6 @@ from sweeps.storage import open_storage
 FIGURES = ["accuracy_vs_params.png", "accuracy_vs_time.png", "validation_curves.png", "param_importances.png",
            "parallel_coordinates.png", "epoch_time_by_ratio.png"]
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="session")
-def swept(tmp_path_factory, teacher_store):
-    return sweep_store(tmp_path_factory, teacher_store)
 
 
 @pytest.fixture(scope="module")
