@@ -7,7 +7,7 @@ What it builds, in a temporary store (deleted at exit unless ``--keep DIR``), wi
   lease, the final user attrs, the ``tell``. About 45 % COMPLETE (10-30 epochs), 50 % PRUNED (3-8),
   5 % FAIL. The ops go through an in-memory journal backend and are written to the file at once:
   the file backend's fsync per op would take minutes;
-* one MLflow run per trial in the embedded SQLite store, as ``sweeps.trial`` logs it: params, tags,
+* one MLflow run per trial in the embedded SQLite store, as ``sweeps.search.trial`` logs it: params, tags,
   eight metrics per epoch, the final metrics (one ``log_batch`` per run), plus the study's parent
   run and a no-KD baseline run. No checkpoint files (the query commands never read them).
 
@@ -54,7 +54,7 @@ def build_study(root: Path, n_trials: int, seed: int = 0) -> None:
     from optuna.storages.journal import BaseJournalBackend, JournalStorage
     from optuna.trial import TrialState
 
-    from sweeps.store import Store
+    from sweeps.tracking.store import Store
 
     class MemoryBackend(BaseJournalBackend):
         def __init__(self) -> None:
@@ -191,8 +191,8 @@ def main() -> None:
 
 def report(root: Path, repeats: int) -> None:
     from sweeps import trials
-    from sweeps._runs import experiment_runs
-    from sweeps.query import Sources
+    from sweeps.query._runs import experiment_runs
+    from sweeps.query.trials import Sources
 
     def run(*args: str) -> list[float]:
         return timed(cli(*args, "--store", str(root), cwd=root.parent), repeats)

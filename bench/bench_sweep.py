@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sweeps.budget import parse_budget  # noqa: E402
+from sweeps.search.budget import parse_budget  # noqa: E402
 
 DEFAULT_STORE = REPO / "bench" / ".store"
 
@@ -88,8 +88,8 @@ HEADER = ["budget", "jobs", "wall s", "wall/budget", "<= 1.02b+5s", "trials", "C
 
 def prepare_store(task: str, store: Path) -> None:
     """Train (or load) the teacher, build its logit cache and the MLflow database, untimed."""
-    from sweeps.distill import prepare
-    from sweeps.store import Store
+    from sweeps.tracking.logged_run import prepare
+    from sweeps.tracking.store import Store
 
     paths = Store.resolve(store)
     started = time.time()
@@ -104,7 +104,7 @@ def run_sweep(task: str, store: Path, budget: str, jobs: int, study: str) -> Res
     """One ``kdsweep run`` in a subprocess, timed from start to exit, then read back from Optuna."""
     import optuna
 
-    from sweeps.storage import open_storage
+    from sweeps.tracking.storage import open_storage
 
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "KDSWEEP_STORE")}
     load = os.getloadavg()[0]

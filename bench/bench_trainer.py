@@ -2,8 +2,8 @@
 
 What it measures, in one process on one machine, all variants interleaved:
 
-(a) ``kdsweep+MLflow``: ``sweeps.distill.train_logged`` (``kdcore.train`` on cached teacher logits,
-    one MLflow ``log_batch`` per epoch through ``sweeps.tracking.RunLogger`` into a fresh SQLite
+(a) ``kdsweep+MLflow``: ``sweeps.tracking.logged_run.train_logged`` (``kdcore.train`` on cached teacher logits,
+    one MLflow ``log_batch`` per epoch through ``sweeps.tracking.run_logger.RunLogger`` into a fresh SQLite
     store, as ``kdsweep train`` does) against ``minimal``: a hand-written PyTorch loop training
     the same student (``task.build_student(ratio)``) on the same training split and batch size,
     with the same loss (KD on the same cached teacher logits, same T and alpha), AdamW with the
@@ -76,9 +76,9 @@ from torch.utils.data import TensorDataset
 
 from kdcore import EpochResult, TrainConfig, kd_loss, train
 from kdcore.trainer import learning_rate
-from sweeps.distill import Prepared, prepare, run_params, train_logged
-from sweeps.store import Store
-from sweeps.tracking import RunLogger
+from sweeps.tracking.logged_run import Prepared, prepare, run_params, train_logged
+from sweeps.tracking.store import Store
+from sweeps.tracking.run_logger import RunLogger
 
 DEFAULT_STORE = Path(tempfile.gettempdir()) / "kdsweep-bench-store"
 WARMUP_EPOCHS = 1
@@ -212,7 +212,7 @@ class _TimedLogger(RunLogger):
 
 def run_logged(prepared: Prepared, config: TrainConfig, client, experiment_id: str, index: int,
                mode: str = "sync") -> Timings:
-    """sweeps.distill.train_logged into the temporary MLflow store, as ``kdsweep train`` runs it."""
+    """sweeps.tracking.logged_run.train_logged into the temporary MLflow store, as ``kdsweep train`` runs it."""
     started = RunLogger.start(client, experiment_id, f"bench-{index}", params=run_params(prepared, config),
                               tags={"kdsweep.kind": "bench"})
     logger = _TimedLogger(client, started.run_id, mode)

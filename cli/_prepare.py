@@ -8,14 +8,14 @@ from cli._common import console
 from cli.progress import EpochProgress
 
 if TYPE_CHECKING:
-    from sweeps.distill import Prepared
-    from sweeps.store import Store
+    from sweeps.tracking.logged_run import Prepared
+    from sweeps.tracking.store import Store
 
 
 def prepare_task(task_spec: str, store: Store, device: str = "auto") -> Prepared:
     """``sweeps.prepare`` with a progress bar shown only if the teacher must be trained."""
     from kdcore import get_task
-    from sweeps.distill import prepare
+    from sweeps.tracking.logged_run import prepare
 
     task = get_task(task_spec)
     progress: EpochProgress | None = None

@@ -1,5 +1,5 @@
-"""`kdsweep studies/trials/best/pareto/compare/report/ui`: thin wrappers over ``sweeps.query`` and
-``sweeps.report``. Tables go to the terminal; ``--format csv|json`` gives standard CSV and JSON."""
+"""`kdsweep studies/trials/best/pareto/compare/report/ui`: thin wrappers over ``sweeps.query.trials`` and
+``sweeps.report.html``. Tables go to the terminal; ``--format csv|json`` gives standard CSV and JSON."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def trials(
     storage: StorageOpt = None,
 ) -> None:
     """One row per trial: params, state, accuracy, retention, KD gain, size, cost, MLflow run, checkpoint."""
-    from sweeps import _where
+    from sweeps.query import _where
     from sweeps import trials as load_trials
 
     frame = load_trials(study, storage=storage, tracking_uri=tracking_uri, store=store)
@@ -92,7 +92,7 @@ def best(
     if format is Format.table:
         from rich.table import Table
 
-        from sweeps._format import cell
+        from sweeps.query._format import cell
 
         table = Table(title=f"best trial of study '{study}' by {metric}", show_header=False, title_justify="left")
         table.add_column("field", style="bold")
@@ -107,7 +107,7 @@ def best(
     if format is Format.json:
         import json
 
-        from sweeps._format import records
+        from sweeps.query._format import records
 
         sys.stdout.write(json.dumps(records(one)[0], allow_nan=False) + "\n")  # the object, not [object]
         return
@@ -127,7 +127,7 @@ def pareto(
     storage: StorageOpt = None,
 ) -> None:
     """The Pareto-optimal COMPLETE trials: none is beaten on every objective at once."""
-    from sweeps import _where
+    from sweeps.query import _where
     from sweeps import pareto as front
     from sweeps import trials as load_trials
 
@@ -179,7 +179,7 @@ def ui(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Start the MLflow UI on this store (its database and artifacts) and wait until Ctrl-C."""
-    from sweeps._ui import serve
+    from sweeps.report.ui import serve
 
     serve(store=store, tracking_uri=tracking_uri, host=host, port=port,
           on_ready=lambda url: console.print(f"MLflow UI: {url}  (Ctrl-C stops it)", highlight=False, markup=False))
@@ -187,7 +187,7 @@ def ui(
 
 def _columns(frame: pd.DataFrame, columns: str | None, format: Format, must: list[str] | None = None) -> pd.DataFrame:
     """--columns if given; else everything for csv/json, and a compact, non-empty set for a table."""
-    from sweeps import _where
+    from sweeps.query import _where
 
     if columns:
         return _where.select(frame, columns)
@@ -215,11 +215,11 @@ def _emit(frame: pd.DataFrame, format: Format, title: str = "", by_row: str | No
     if format is Format.json:
         import json
 
-        from sweeps._format import records
+        from sweeps.query._format import records
 
         sys.stdout.write(json.dumps(records(frame), allow_nan=False) + "\n")
         return
-    from sweeps._format import cell
+    from sweeps.query._format import cell
 
     # Plain aligned columns, not a rich Table: rich takes about 1 s to lay out 1000 rows.
     names = [str(name) for name in frame.columns]

@@ -34,12 +34,12 @@ def run(
     """Search T, alpha, compression ratio and lr with Optuna under a time budget; log every trial to MLflow."""
     started = time.time()
     from kdcore import DEFAULT_TASK, make_config
-    from sweeps.budget import parse_budget
-    from sweeps.plan import SweepPlan
-    from sweeps.search import check_sweep
-    from sweeps.storage import default_storage_url
-    from sweeps.store import Store
-    from sweeps.sweep_file import DEFAULT_BUDGET, SweepFile
+    from sweeps.search.budget import parse_budget
+    from sweeps.search.plan import SweepPlan
+    from sweeps.search.sweep import check_sweep
+    from sweeps.tracking.storage import default_storage_url
+    from sweeps.tracking.store import Store
+    from sweeps.search.sweep_file import DEFAULT_BUDGET, SweepFile
 
     # Everything is checked before anything is written. Precedence: defaults < file < flags.
     text = config.read_text() if config and config.is_file() else None
@@ -61,7 +61,7 @@ def run(
     check_sweep(plan, bool(options.get("enqueue_presets")))
 
     from cli.sweep_view import print_summary, sweep_view
-    from sweeps.search import run_sweep
+    from sweeps.search.sweep import run_sweep
 
     paths.root.mkdir(parents=True, exist_ok=True)
     try:

@@ -14,7 +14,7 @@ from rich.text import Text
 from cli._common import console
 
 if TYPE_CHECKING:
-    from sweeps.search import Snapshot, SweepSummary
+    from sweeps.search.sweep import Snapshot, SweepSummary
 
 _PLAIN_EVERY_S = 10.0
 _SHORT = {"temperature": "T", "batch_size": "batch", "data_fraction": "data", "weight_decay": "wd",

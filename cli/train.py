@@ -61,9 +61,9 @@ def train(
 
     from cli.progress import EpochProgress
     from cli._prepare import prepare_task
-    from sweeps.distill import run_params, train_logged
-    from sweeps.store import Store
-    from sweeps.tracking import RunLogger
+    from sweeps.tracking.logged_run import run_params, train_logged
+    from sweeps.tracking.store import Store
+    from sweeps.tracking.run_logger import RunLogger
 
     paths = Store.resolve(store, tracking_uri)
     paths.check_reachable()
@@ -100,6 +100,6 @@ def teacher(
 
     get_task(task or DEFAULT_TASK)
     from cli._prepare import prepare_task
-    from sweeps.store import Store
+    from sweeps.tracking.store import Store
 
     prepare_task(task or DEFAULT_TASK, Store.resolve(store), device)

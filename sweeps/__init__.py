@@ -6,9 +6,9 @@
     model = load_student("digits", best("digits")["number"])
 """
 
-from sweeps._summary import compare, comparison, studies
-from sweeps.query import best, load_student, pareto, trials, update_pareto_tags, where
-from sweeps.report import write_report
+from sweeps.query.summary import compare, comparison, studies
+from sweeps.query.trials import best, load_student, pareto, trials, update_pareto_tags, where
+from sweeps.report.html import write_report
 
 __all__ = [
     "best",

@@ -39,8 +39,8 @@ def sweep_template(tmp_path_factory, teacher_store) -> Path:
     root = tmp_path_factory.getbasetemp() / "sweep-template"
     if (root / ".ready").exists():
         return root
-    from sweeps.distill import prepare
-    from sweeps.store import Store
+    from sweeps.tracking.logged_run import prepare
+    from sweeps.tracking.store import Store
 
     shutil.copytree(teacher_store / "teachers", root / "teachers", dirs_exist_ok=True)
     store = Store.resolve(root)
@@ -153,7 +153,7 @@ def wait_until(condition: Callable[[], Any], *, timeout: float, what: str, proce
 def load_study(store: Path, name: str):
     import optuna
 
-    from sweeps.storage import open_storage
+    from sweeps.tracking.storage import open_storage
 
     return optuna.load_study(study_name=name, storage=open_storage(str(store / "optuna.journal")))
 

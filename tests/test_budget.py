@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kdcore import ConfigError
-from sweeps.budget import format_seconds, parse_budget
+from sweeps.search.budget import format_seconds, parse_budget
 
 
 @pytest.mark.parametrize(("text", "seconds"), [

@@ -21,7 +21,7 @@ import torch
 from _sweep_store import REPO, copy_store
 
 from sweeps import load_student, trials, update_pareto_tags
-from sweeps.tracking import STUDENT_FORMAT
+from sweeps.tracking.run_logger import STUDENT_FORMAT
 
 _START_S = 120
 

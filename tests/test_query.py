@@ -15,9 +15,9 @@ from mlflow import MlflowClient
 
 from kdcore import ConfigError
 from sweeps import best, compare, load_student, pareto, studies, trials, update_pareto_tags, where
-from sweeps._runs import experiment_runs
-from sweeps.storage import open_storage
-from sweeps.store import Store
+from sweeps.query._runs import experiment_runs
+from sweeps.tracking.storage import open_storage
+from sweeps.tracking.store import Store
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from sweeps import write_report
-from sweeps.storage import open_storage
+from sweeps.tracking.storage import open_storage
 
 FIGURES = ["accuracy_vs_params.png", "accuracy_vs_time.png", "validation_curves.png", "param_importances.png",
            "parallel_coordinates.png", "epoch_time_by_ratio.png"]

@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from kdcore import ConfigError, TrainConfig
-from sweeps.space import DEFAULT_SPACE, SearchSpace
+from sweeps.search.space import DEFAULT_SPACE, SearchSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -30,7 +30,7 @@ from _sweep_helpers import (
 )
 
 from kdcore import PRESETS
-from sweeps.space import SearchSpace
+from sweeps.search.space import SearchSpace
 
 
 def within_budget(run: CliRun, budget_s: float) -> bool:
@@ -274,9 +274,9 @@ def test_a_trial_cut_short_in_its_first_epoch_still_logs_and_reports_that_epoch(
     import time
 
     from kdcore import TrainConfig
-    from sweeps.distill import prepare, run_params, train_logged
-    from sweeps.store import Store
-    from sweeps.tracking import RunLogger
+    from sweeps.tracking.logged_run import prepare, run_params, train_logged
+    from sweeps.tracking.store import Store
+    from sweeps.tracking.run_logger import RunLogger
 
     store = Store.resolve(copy_store(sweep_template, tmp_path / "store"))
     prepared = prepare("digits", store, device="cpu")
@@ -306,10 +306,10 @@ def test_shipped_sweep_file_is_valid(path, tmp_path):
 
     from cli._common import read_yaml
     from kdcore import make_config
-    from sweeps.budget import parse_budget
-    from sweeps.plan import SweepPlan
-    from sweeps.search import check_sweep
-    from sweeps.sweep_file import DEFAULT_BUDGET, SweepFile
+    from sweeps.search.budget import parse_budget
+    from sweeps.search.plan import SweepPlan
+    from sweeps.search.sweep import check_sweep
+    from sweeps.search.sweep_file import DEFAULT_BUDGET, SweepFile
 
     assert path.read_text().startswith(f"# kdsweep run --config configs/{path.name}\n"), \
         "a sweep file opens with its launch command"

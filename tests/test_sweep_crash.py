@@ -28,7 +28,7 @@ from _sweep_helpers import (
     write_sweep_file,
 )
 
-from sweeps.leases import checkpoint_path
+from sweeps.search.leases import checkpoint_path
 
 SLOW_TRIALS = {"train": {"epochs": 40, "batch_size": 8, "patience": 0}}
 

@@ -11,13 +11,13 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sweeps.distill import prepare
-from sweeps.storage import open_storage
-from sweeps.store import Store
-from sweeps.trial import run_trial
+from sweeps.tracking.logged_run import prepare
+from sweeps.tracking.storage import open_storage
+from sweeps.tracking.store import Store
+from sweeps.search.trial import run_trial
 
 if TYPE_CHECKING:
-    from sweeps.plan import SweepPlan
+    from sweeps.search.plan import SweepPlan
 
 
 def work(plan: SweepPlan, worker: int, interrupt: threading.Event) -> None:

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweeps import _plots
-from sweeps._format import cell
-from sweeps._runs import ExperimentRuns, experiment_runs
-from sweeps._summary import study_comparison
-from sweeps.query import Sources, pareto, trial_frame, update_pareto_tags
+from sweeps.report import _plots
+from sweeps.query._format import cell
+from sweeps.query._runs import ExperimentRuns, experiment_runs
+from sweeps.query.summary import study_comparison
+from sweeps.query.trials import Sources, pareto, trial_frame, update_pareto_tags
 
 if TYPE_CHECKING:
     import optuna

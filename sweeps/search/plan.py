@@ -7,8 +7,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sweeps.samplers import make_pruner, make_sampler
-from sweeps.space import SearchSpace
+from sweeps.search.samplers import make_pruner, make_sampler
+from sweeps.search.space import SearchSpace
 
 if TYPE_CHECKING:
     import optuna

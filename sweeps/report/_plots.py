@@ -86,7 +86,7 @@ def _short(name: str) -> str:
 
 def front_line(rows: pd.DataFrame, x: str, y: str = "test_acc") -> pd.DataFrame:
     """The 2-D Pareto front of ``rows`` (maximise y, minimise x), sorted by x."""
-    from sweeps.query import pareto
+    from sweeps.query.trials import pareto
 
     return pareto(rows, maximize=(y,), minimize=(x,), states=None).sort_values(x)
 

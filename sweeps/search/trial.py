@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 from kdcore import EpochResult, StopTraining
 from kdcore._files import load_safe, save_atomic
-from sweeps.distill import Prepared, run_params, train_logged
-from sweeps.leases import RESUME_ATTR, RUN_ATTR, Lease, checkpoint_path
-from sweeps.tracking import RunLogger
+from sweeps.tracking.logged_run import Prepared, run_params, train_logged
+from sweeps.search.leases import RESUME_ATTR, RUN_ATTR, Lease, checkpoint_path
+from sweeps.tracking.run_logger import RunLogger
 
 if TYPE_CHECKING:
     import optuna
     from mlflow import MlflowClient
 
-    from sweeps.plan import SweepPlan
+    from sweeps.search.plan import SweepPlan
 
 log = logging.getLogger("kdsweep")
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from kdcore import (CachedOutputs, EpochResult, Task, Teacher, TrainConfig, TrainResult, get_task,
                     load_or_train_teacher, teacher_outputs, train)
-from sweeps.store import Store
-from sweeps.tracking import RunLogger, final_metrics, student_checkpoint
+from sweeps.tracking.store import Store
+from sweeps.tracking.run_logger import RunLogger, final_metrics, student_checkpoint
 
 
 @dataclass

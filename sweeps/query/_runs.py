@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from sweeps.store import Store
+    from sweeps.tracking.store import Store
 
 _PAGE = 50_000  # MLflow's largest page for search_runs
 

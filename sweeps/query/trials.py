@@ -1,9 +1,9 @@
 """Query a study during or after a sweep: its trials as a pandas frame, the best trial, the Pareto
 front, a trial's student rebuilt for inference, and the ``pareto`` tag that lets the MLflow UI
-filter the Pareto-optimal trial runs. (Studies at a glance and side by side: ``sweeps._summary``.)
+filter the Pareto-optimal trial runs. (Studies at a glance and side by side: ``sweeps.query.summary``.)
 
 Trials are read from the Optuna storage, whose user attrs carry every number a trial reports;
-the study's MLflow runs are joined in bulk (``sweeps._runs``) for the run status, the no-KD
+the study's MLflow runs are joined in bulk (``sweeps.query._runs``) for the run status, the no-KD
 baseline (``kd_gain``) and any number a trial logged to MLflow but not to Optuna.
 """
 
@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdcore import ConfigError
-from sweeps import _where
-from sweeps._runs import ExperimentRuns, experiment_runs
-from sweeps.storage import default_storage_url, open_storage
-from sweeps.store import Store
+from sweeps.query import _where
+from sweeps.query._runs import ExperimentRuns, experiment_runs
+from sweeps.tracking.storage import default_storage_url, open_storage
+from sweeps.tracking.store import Store
 
 if TYPE_CHECKING:
     import optuna
@@ -235,7 +235,7 @@ def load_student(study: str, trial: int | pd.Series, *, storage: str | None = No
 
     from kdcore import get_task
     from kdcore._files import load_safe
-    from sweeps.tracking import STUDENT_FORMAT
+    from sweeps.tracking.run_logger import STUDENT_FORMAT
 
     number = int(trial) if isinstance(trial, numbers.Integral) else int(trial["number"])
     sources = Sources.resolve(storage, tracking_uri, store)

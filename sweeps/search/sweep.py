@@ -21,15 +21,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from kdcore import ConfigError, preset
 from kdcore.presets import PRESETS
-from sweeps.distill import Prepared, prepare, run_params, train_logged
-from sweeps.leases import close_orphan_runs, reap_stale_trials
-from sweeps.plan import SweepPlan
-from sweeps.samplers import check_names
-from sweeps.space import SearchSpace
-from sweeps.storage import check_storage_url, default_storage_url, display_url, open_storage
-from sweeps.store import Store
-from sweeps.tracking import RunLogger
-from sweeps.worker import process_main, work
+from sweeps.tracking.logged_run import Prepared, prepare, run_params, train_logged
+from sweeps.search.leases import close_orphan_runs, reap_stale_trials
+from sweeps.search.plan import SweepPlan
+from sweeps.search.samplers import check_names
+from sweeps.search.space import SearchSpace
+from sweeps.tracking.storage import check_storage_url, default_storage_url, display_url, open_storage
+from sweeps.tracking.store import Store
+from sweeps.tracking.run_logger import RunLogger
+from sweeps.search.worker import process_main, work
 
 if TYPE_CHECKING:
     import optuna
@@ -286,7 +286,7 @@ def _watch(study: optuna.Study, plan: SweepPlan, workers: list, client: MlflowCl
 
 def _tag_pareto(study: optuna.Study, client: MlflowClient, plan: SweepPlan) -> None:
     """Keep the runs' ``pareto`` tags current; a failed tag write must not end the sweep."""
-    from sweeps.query import update_pareto_tags
+    from sweeps.query.trials import update_pareto_tags
 
     try:
         update_pareto_tags(study, client=client, store=plan.store_root, storage=plan.storage_url)

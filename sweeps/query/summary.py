@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdcore import ConfigError
-from sweeps._runs import ExperimentRuns, experiment_runs
-from sweeps.query import Sources, trial_frame
+from sweeps.query._runs import ExperimentRuns, experiment_runs
+from sweeps.query.trials import Sources, trial_frame
 
 if TYPE_CHECKING:
     import optuna

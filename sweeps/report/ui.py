@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kdcore import ConfigError
-from sweeps.store import Store
+from sweeps.tracking.store import Store
 
 _START_TIMEOUT_S = 120.0
 

@@ -9,7 +9,7 @@ from kdcore import ConfigError
 if TYPE_CHECKING:
     import optuna
 
-    from sweeps.space import SearchSpace
+    from sweeps.search.space import SearchSpace
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc")
 PRUNERS = ("median", "hyperband", "none")

@@ -52,7 +52,7 @@ class Store:
         import urllib.request
 
         from kdcore import ConfigError
-        from sweeps.storage import display_url
+        from sweeps.tracking.storage import display_url
 
         if not self.tracking_uri.startswith(("http://", "https://")):
             return
