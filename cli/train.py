@@ -30,14 +30,16 @@ def train(
     ratio: Annotated[Optional[float], typer.Option(help="Student width / teacher width, in (0, 1].")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate > 0.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs.")] = None,
-    data_fraction: Annotated[Optional[float], typer.Option(help="Fraction of the training split, in (0, 1].")] = None,
+    data_fraction: Annotated[Optional[float], typer.Option(help="Fraction of the training split whose labels are used, in (0, 1].")] = None,
+    transfer_ratio: Annotated[Optional[float], typer.Option(help="Unlabelled inputs per labelled one in each batch, seen only by the KD term (0: none), in [0, 16].")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Batch size.")] = None,
     patience: Annotated[Optional[int], typer.Option(help="Early-stopping patience in epochs (0: off).", rich_help_panel="Training")] = None,
     min_delta: Annotated[Optional[float], typer.Option(help="Smallest improvement that resets patience.", rich_help_panel="Training")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay.", rich_help_panel="Training")] = None,
     label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing of the CE term.", rich_help_panel="Training")] = None,
     grad_accum_steps: Annotated[Optional[int], typer.Option(help="Batches per optimizer step.", rich_help_panel="Training")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed.", rich_help_panel="Training")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the initialisation and batch order.", rich_help_panel="Training")] = None,
+    data_seed: Annotated[Optional[int], typer.Option(help="Seed of the labelled data-fraction subset.", rich_help_panel="Training")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel="Training")] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.", rich_help_panel=_STORE)] = "kdsweep-train",
     run_name: Annotated[Optional[str], typer.Option(help="MLflow run name.", rich_help_panel=_STORE)] = None,
@@ -45,19 +47,22 @@ def train(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Train one student by distillation and log it to MLflow."""
-    from kdcore import DEFAULT_TASK, TrainConfig, get_task, make_config
+    from kdcore import DEFAULT_TASK, TrainConfig, check_config, get_task, make_config
     from kdcore import preset as preset_settings
 
-    # Validate everything before anything is written. Precedence: preset < YAML file < flags.
+    # Validate everything before anything is written. Precedence: the task's defaults < preset <
+    # YAML file < flags.
     settings = preset_settings(preset) if preset else {}
     settings.update(read_yaml(config) if config else {})
     settings.update(given(task=task, temperature=temperature, alpha=alpha, ratio=ratio, lr=lr, epochs=epochs,
-                          data_fraction=data_fraction, batch_size=batch_size, patience=patience,
-                          min_delta=min_delta, weight_decay=weight_decay, label_smoothing=label_smoothing,
-                          grad_accum_steps=grad_accum_steps, seed=seed, device=device))
+                          data_fraction=data_fraction, transfer_ratio=transfer_ratio, batch_size=batch_size,
+                          patience=patience, min_delta=min_delta, weight_decay=weight_decay,
+                          label_smoothing=label_smoothing, grad_accum_steps=grad_accum_steps, seed=seed,
+                          data_seed=data_seed, device=device))
     task_spec = str(settings.pop("task", DEFAULT_TASK))
-    train_config = make_config(TrainConfig, **settings)
-    get_task(task_spec)
+    task_object = get_task(task_spec)
+    train_config = make_config(TrainConfig, **{**task_object.defaults(), **settings})
+    check_config(task_object, train_config)
 
     from cli.progress import EpochProgress
     from cli._prepare import prepare_task

@@ -14,12 +14,13 @@ from kdcore.errors import CacheError, ConfigError, KDSweepError, StopTraining, T
 
 _LAZY = {
     **dict.fromkeys(("CachedOutputs", "cache_key", "teacher_outputs"), "kdcore.cache"),
-    **dict.fromkeys(("TrainConfig", "make_config"), "kdcore.config"),
+    **dict.fromkeys(("TrainConfig", "make_config", "no_kd_twin"), "kdcore.config"),
     **dict.fromkeys(("KDLoss", "kd_loss"), "kdcore.loss"),
     **dict.fromkeys(("PRESETS", "preset"), "kdcore.presets"),
     **dict.fromkeys(("DEFAULT_TASK", "Splits", "Task", "get_task", "register_task", "task_names"), "kdcore.tasks"),
     **dict.fromkeys(("Teacher", "load_or_train_teacher"), "kdcore.teacher"),
-    **dict.fromkeys(("EpochResult", "TeacherLogits", "TrainResult", "count_parameters", "train"), "kdcore.trainer"),
+    **dict.fromkeys(("EpochResult", "TeacherLogits", "TrainResult", "check_config", "count_parameters", "train"),
+                    "kdcore.trainer"),
 }
 
 
@@ -34,16 +35,16 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:
     from kdcore.cache import CachedOutputs, cache_key, teacher_outputs
-    from kdcore.config import TrainConfig, make_config
+    from kdcore.config import TrainConfig, make_config, no_kd_twin
     from kdcore.loss import KDLoss, kd_loss
     from kdcore.presets import PRESETS, preset
     from kdcore.tasks import DEFAULT_TASK, Splits, Task, get_task, register_task, task_names
     from kdcore.teacher import Teacher, load_or_train_teacher
-    from kdcore.trainer import EpochResult, TeacherLogits, TrainResult, count_parameters, train
+    from kdcore.trainer import EpochResult, TeacherLogits, TrainResult, check_config, count_parameters, train
 
 __all__ = [
     "DEFAULT_TASK", "PRESETS", "CacheError", "CachedOutputs", "ConfigError", "EpochResult", "KDLoss",
     "KDSweepError", "Splits", "StopTraining", "Task", "TaskError", "Teacher", "TeacherLogits", "TrainConfig",
-    "TrainResult", "cache_key", "count_parameters", "get_task", "kd_loss", "load_or_train_teacher",
-    "make_config", "preset", "register_task", "task_names", "teacher_outputs", "train",
+    "TrainResult", "cache_key", "check_config", "count_parameters", "get_task", "kd_loss", "load_or_train_teacher",
+    "make_config", "no_kd_twin", "preset", "register_task", "task_names", "teacher_outputs", "train",
 ]

@@ -25,8 +25,12 @@ from kdcore.trainer import TeacherLogits, resolve_device
 log = logging.getLogger("kdsweep")
 
 CACHE_FORMAT = "kdsweep.teacher-logits/1"
-_SPLITS = ("train", "val", "test")
 _SPOT_CHECKS = 8
+
+
+def _split_names(splits) -> tuple[str, ...]:
+    """The splits whose logits are cached: train, val, test, and the transfer set when the task has one."""
+    return ("train", "val", "test") + (("unlabeled",) if splits.unlabeled is not None else ())
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ class CachedOutputs:
 def cache_key(task: Task, teacher_digest: str) -> str:
     """Hash of the task name, the teacher's weights and a fingerprint of every split."""
     splits = task.splits()
-    parts = [task.name, teacher_digest, *(fingerprint(getattr(splits, s)) for s in _SPLITS)]
+    parts = [task.name, teacher_digest, *(fingerprint(getattr(splits, s)) for s in _split_names(splits))]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
@@ -55,23 +59,29 @@ def teacher_outputs(
     key = cache_key(task, teacher_digest)
     path = Path(cache_root) / key / "logits.pt"
     splits = task.splits()
+    names = _split_names(splits)
     if path.exists():
         problem = _verify(path, key, splits, task.num_classes)
         if problem is None:
             saved = load_safe(path)
-            return CachedOutputs(TeacherLogits(*(saved[s] for s in _SPLITS)), path, True, 0.0)
+            return CachedOutputs(TeacherLogits(*(saved[s] for s in names)), path, True, 0.0)
         log.warning("teacher cache %s is unusable (%s); rebuilding it", path, problem)
 
     started = time.perf_counter()
     torch_device = resolve_device(device)
     teacher = teacher.to(torch_device).eval()
-    logits = {s: _forward(teacher, getattr(splits, s), torch_device) for s in _SPLITS}
+    logits = {s: _forward(teacher, getattr(splits, s), torch_device) for s in names}
+    for split, values in logits.items():
+        # -inf is a class the teacher rules out (its probability is 0); NaN or +inf has no meaning.
+        if torch.isnan(values).any() or torch.isposinf(values).any():
+            raise CacheError(f"the teacher's logits on the {split} split contain NaN or +inf: "
+                             "check the teacher's weights and its forward pass")
     save_atomic({"format": CACHE_FORMAT, "key": key, **logits,
-                 "sha256": {s: tensor_digest(logits[s]) for s in _SPLITS}}, path)
+                 "sha256": {s: tensor_digest(logits[s]) for s in names}}, path)
     saved = load_safe(path)
     _spot_check(teacher, splits.train, saved["train"], torch_device)
     teacher.cpu()
-    return CachedOutputs(TeacherLogits(*(saved[s] for s in _SPLITS)), path, False, time.perf_counter() - started)
+    return CachedOutputs(TeacherLogits(*(saved[s] for s in names)), path, False, time.perf_counter() - started)
 
 
 @torch.no_grad()
@@ -91,7 +101,7 @@ def _verify(path: Path, key: str, splits, num_classes: int) -> str | None:
         return "made for another teacher or data"
     if not isinstance(saved.get("sha256"), dict):
         return "no checksums"
-    for split in _SPLITS:
+    for split in _split_names(splits):
         tensor = saved.get(split)
         expected = (len(getattr(splits, split)), num_classes)
         if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != expected:

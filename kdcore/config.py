@@ -14,15 +14,18 @@ from kdcore.errors import ConfigError
 class TrainConfig(BaseModel):
     """Settings of one KD training run; the same fields a sweep searches or fixes."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Floats must be finite: an inf lr or temperature trains garbage rather than failing.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    temperature: float = Field(4.0, gt=0, description="Softmax temperature T of the distillation term.")
+    # T is bounded so s/T and T^2 stay far from float32 overflow and underflow.
+    temperature: float = Field(4.0, ge=0.05, le=100, description="Softmax temperature T of the distillation term.")
     alpha: float = Field(0.7, ge=0, le=1, description="Weight of the distillation term; 1 - alpha weighs cross-entropy.")
     ratio: float = Field(0.5, gt=0, le=1, description="Compression ratio: student width / teacher width.")
-    lr: float = Field(3e-3, gt=0, description="Peak learning rate of AdamW.")
+    lr: float = Field(3e-3, gt=0, le=10, description="Peak learning rate of AdamW.")
     epochs: int = Field(40, ge=1, description="Maximum number of epochs.")
     batch_size: int = Field(128, ge=1, description="Samples per optimizer step (before accumulation).")
-    data_fraction: float = Field(1.0, gt=0, le=1, description="Fraction of the training split used (stratified, nested).")
+    data_fraction: float = Field(1.0, gt=0, le=1, description="Fraction of the training split whose labels are used (stratified, nested).")
+    transfer_ratio: float = Field(0.0, ge=0, le=16, description="Unlabelled inputs added per labelled input in each batch, seen only by the KD term (the transfer set: the task's unlabeled split plus the training inputs data_fraction leaves out); 0: none.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     warmup_frac: float = Field(0.05, ge=0, lt=1, description="Fraction of all steps spent in linear warm-up before cosine decay.")
     grad_accum_steps: int = Field(1, ge=1, description="Batches accumulated per optimizer step.")
@@ -31,10 +34,17 @@ class TrainConfig(BaseModel):
     patience: int = Field(8, ge=0, description="Epochs without improvement before early stopping; 0 disables it.")
     min_delta: float = Field(0.0, ge=0, description="Smallest change of the monitored metric that counts as improvement.")
     monitor: Literal["val_acc", "val_loss"] = Field("val_acc", description="Validation metric for early stopping and best weights.")
-    seed: int = Field(0, ge=0, description="Seed for weights, batch order and the data-fraction subset.")
+    seed: int = Field(0, ge=0, description="Seed of the weights' initialisation and the batch order (repeats vary it).")
+    data_seed: int = Field(0, ge=0, description="Seed of the labelled data-fraction subset (fixed for a study, so every trial sees the same labels).")
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
     amp: bool = Field(True, description="bf16 autocast on CUDA; ignored on CPU.")
     num_workers: int = Field(0, ge=0, description="DataLoader workers, used only for tasks that hand over a non-tensor Dataset.")
+
+
+def no_kd_twin(config: TrainConfig) -> TrainConfig:
+    """The same run without distillation: alpha = 0 and no transfer set (unlabelled inputs teach
+    nothing without a teacher); every other setting, the stopping rule and the data included, kept."""
+    return config.model_copy(update={"alpha": 0.0, "transfer_ratio": 0.0})
 
 
 def _allowed(field: pydantic.fields.FieldInfo) -> str:
@@ -70,6 +80,10 @@ def describe_validation_error(model: type[BaseModel], error: pydantic.Validation
             problems.append(f"unknown setting '{name}' (known: {known})")
         elif item["type"] == "missing":
             problems.append(f"missing setting '{name}'")
+        elif item["type"] == "finite_number":
+            allowed = _allowed(field) if field is not None and field.metadata else ""
+            bounds = f" in {allowed}" if allowed.startswith(("[", "(")) else f" {allowed}" if allowed else ""
+            problems.append(f"{name}={value!r} is invalid (allowed: a finite number{bounds})")
         elif field is not None and item["type"].startswith(("greater_than", "less_than")):
             problems.append(f"{name}={value!r} is out of range (allowed: {_allowed(field)})")
         else:

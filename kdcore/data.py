@@ -1,15 +1,18 @@
-"""Data plumbing for the trainer: labels, nested data-fraction subsets, batching, fingerprints."""
+"""Data plumbing for the trainer: labels, nested data-fraction subsets, the transfer set,
+batching, fingerprints."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, TensorDataset
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (positions in the split, x, y)
+# (positions in the split, x, y); y is None for unlabelled inputs.
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
 
 
 def labels_of(dataset: Dataset) -> torch.Tensor:
@@ -48,6 +51,49 @@ def take(dataset: Dataset, indices: torch.Tensor) -> Dataset:
     return Subset(dataset, indices.tolist())
 
 
+def left_out(size: int, kept: torch.Tensor) -> torch.Tensor:
+    """Sorted indices of ``range(size)`` not in ``kept``: the inputs whose labels a run does not use."""
+    mask = torch.ones(size, dtype=torch.bool)
+    mask[kept] = False
+    return torch.nonzero(mask).flatten()
+
+
+class _InputsOnly(Dataset):
+    """A dataset's inputs without their labels, so no label can leak into the transfer set."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        return _input_of(self.dataset[i])
+
+
+def _input_of(item):
+    """x from an ``(x, y)`` or ``(x,)`` sample, or the sample itself when it is a bare input."""
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+def inputs_only(dataset: Dataset) -> Dataset:
+    """The inputs of ``dataset`` (labelled or not), staying a one-tensor TensorDataset when it is one."""
+    if isinstance(dataset, TensorDataset):
+        return TensorDataset(dataset.tensors[0])
+    return _InputsOnly(dataset)
+
+
+def transfer_pool(train: Dataset, unused: torch.Tensor, unlabeled: Dataset | None) -> Dataset:
+    """The transfer set: the training inputs at ``unused`` (their labels dropped) followed by the
+    task's unlabelled inputs, as one inputs-only dataset (a TensorDataset when both parts are)."""
+    parts = [inputs_only(take(train, unused))] + ([inputs_only(unlabeled)] if unlabeled is not None else [])
+    parts = [part for part in parts if len(part)]
+    if all(isinstance(part, TensorDataset) for part in parts):
+        return TensorDataset(torch.cat([part.tensors[0] for part in parts])) if parts else TensorDataset(
+            torch.empty(0))
+    return ConcatDataset(parts)
+
+
 class _Indexed(Dataset):
     """Adds each sample's position, so cached teacher logits can be looked up per batch."""
 
@@ -58,15 +104,18 @@ class _Indexed(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i: int):
-        x, y = self.dataset[i]
-        return i, x, y
+        item = self.dataset[i]
+        if isinstance(item, (tuple, list)) and len(item) == 2:
+            return i, item[0], item[1]
+        return i, _input_of(item)
 
 
 class BatchSource:
     """Yields one epoch of ``(positions, x, y)`` batches on ``device``.
 
     TensorDatasets move to the device once and are batched by index permutation, which avoids
-    DataLoader overhead for small data; any other Dataset goes through a DataLoader.
+    DataLoader overhead for small data; any other Dataset goes through a DataLoader. A dataset of
+    bare inputs (a one-tensor TensorDataset, or items that are not ``(x, y)`` pairs) yields y = None.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, device: torch.device, num_workers: int = 0) -> None:
@@ -89,9 +138,10 @@ class BatchSource:
         if self.tensors is not None:
             order = torch.randperm(self.size, generator=generator) if generator else torch.arange(self.size)
             order = order.to(self.device)
+            labelled = len(self.tensors) > 1
             for start in range(0, self.size, self.batch_size):
                 positions = order[start : start + self.batch_size]
-                yield positions, self.tensors[0][positions], self.tensors[1][positions]
+                yield positions, self.tensors[0][positions], self.tensors[1][positions] if labelled else None
             return
         loader = DataLoader(
             self.dataset,
@@ -101,12 +151,16 @@ class BatchSource:
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
         )
-        for positions, x, y in loader:
+        for positions, x, *y in loader:
             yield (
                 positions.to(self.device, non_blocking=True),
                 x.to(self.device, non_blocking=True),
-                y.to(self.device, non_blocking=True),
+                y[0].to(self.device, non_blocking=True) if y else None,
             )
+
+    def forever(self, generator: torch.Generator) -> Iterator[Batch]:
+        """Shuffled passes one after another, without end: the transfer set is drawn from this."""
+        return itertools.chain.from_iterable(self.epoch(generator) for _ in itertools.count())
 
 
 def fingerprint(dataset: Dataset) -> str:
@@ -120,8 +174,9 @@ def fingerprint(dataset: Dataset) -> str:
         # Hashing a large dataset in full would cost a pass over it; its size, labels and a
         # spread of samples catch the usual changes (new split, new preprocessing).
         digest.update(str(len(dataset)).encode())
-        digest.update(labels_of(dataset).cpu().numpy().tobytes())
+        if len(dataset) and isinstance(dataset[0], (tuple, list)) and len(dataset[0]) == 2:
+            digest.update(labels_of(dataset).cpu().numpy().tobytes())
         for i in range(0, len(dataset), max(1, len(dataset) // 16)):
-            x, _ = dataset[i]
+            x = _input_of(dataset[i])
             digest.update(torch.as_tensor(x).cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -28,8 +28,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                     grad_accum_steps=4, weight_decay=0.02),
     # Seed 002's fast mode: 30% data, half the epochs, double batch, patience 2 with a min_delta.
     "fast": dict(epochs=20, batch_size=256, data_fraction=0.3, patience=2, min_delta=1e-3),
-    # Seed 002's full mode: all data, patience 5.
-    "full": dict(epochs=40, batch_size=128, data_fraction=1.0, patience=5),
+    # Seed 002's full mode: all data, patience 5, full precision (seed 002 turns AMP on in fast mode only).
+    "full": dict(epochs=40, batch_size=128, data_fraction=1.0, patience=5, amp=False),
 }
 
 

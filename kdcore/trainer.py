@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from kdcore.config import TrainConfig
-from kdcore.data import BatchSource, fraction_indices, labels_of, take
-from kdcore.errors import StopTraining
+from kdcore.data import BatchSource, fraction_indices, labels_of, left_out, take, transfer_pool
+from kdcore.errors import ConfigError, StopTraining
 from kdcore.loss import kd_loss
 from kdcore.tasks.base import Task
 
@@ -32,6 +32,7 @@ class TeacherLogits:
     train: torch.Tensor
     val: torch.Tensor
     test: torch.Tensor
+    unlabeled: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,36 @@ def learning_rate(step: int, total_steps: int, config: TrainConfig) -> float:
         return config.lr * (step + 1) / warmup
     progress = (step - warmup) / max(1, total_steps - warmup)
     return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def check_config(task: Task, config: TrainConfig) -> None:
+    """ConfigError for settings that do not fit ``task``'s data (checked before anything runs)."""
+    if config.transfer_ratio > 0 and config.alpha > 0:
+        splits = task.splits()
+        labelled = len(fraction_indices(labels_of(splits.train), config.data_fraction, config.data_seed))
+        pool = (len(splits.unlabeled) if splits.unlabeled is not None else 0) + len(splits.train) - labelled
+        if pool == 0:
+            raise ConfigError(
+                f"transfer_ratio={config.transfer_ratio:g} needs unlabelled inputs, but task '{task.name}' has no "
+                "unlabeled split and data_fraction=1 leaves no training input out: set transfer_ratio: 0, "
+                "lower data_fraction, or give the task an unlabeled split")
+
+
+def _transfer_source(task: Task, config: TrainConfig, kept: torch.Tensor, teacher, device: torch.device):
+    """(batches of unlabelled inputs without end, their cached teacher logits or None), or (None,
+    None) when the run has no transfer set. Without a KD term the inputs would teach nothing."""
+    if config.transfer_ratio == 0 or config.alpha == 0:
+        return None, None
+    splits = task.splits()
+    unused = left_out(len(splits.train), kept)
+    pool = transfer_pool(splits.train, unused, splits.unlabeled)
+    per_batch = max(1, round(config.batch_size * config.transfer_ratio))
+    source = BatchSource(pool, per_batch, device, config.num_workers)
+    logits = None
+    if isinstance(teacher, TeacherLogits):
+        parts = [teacher.train[unused]] + ([teacher.unlabeled] if splits.unlabeled is not None else [])
+        logits = torch.cat(parts).to(device)
+    return source, logits
 
 
 def _time_to_stop(deadline: float | None, interrupt: threading.Event | None) -> str | None:
@@ -145,9 +176,14 @@ def train(
     training state after every epoch; pass such a state back as ``resume`` to continue from it.
     ``deadline`` is a ``time.time()`` value: training stops at it, inside the epoch if need be;
     setting ``interrupt`` (a first Ctrl-C, say) stops the same way with stop_reason "interrupted".
+
+    An epoch is one pass over the labelled subset (``data_fraction`` of the training split, drawn
+    with ``data_seed``). With ``transfer_ratio > 0`` each batch also carries that many unlabelled
+    inputs per labelled one, drawn from the transfer set, which only the KD term sees.
     """
     if teacher is None and config.alpha > 0:
         raise ValueError("alpha > 0 needs a teacher: pass cached TeacherLogits or a teacher module")
+    check_config(task, config)
     started = time.perf_counter()
     device = resolve_device(config.device)
     use_amp = config.amp and device.type == "cuda"
@@ -155,14 +191,17 @@ def train(
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
 
-    # Data: a stratified, nested subset of the training split; cached logits follow it.
+    # Data: a stratified, nested subset of the training split whose labels are used, and the
+    # transfer set; cached logits follow both.
     splits = task.splits()
-    kept = fraction_indices(labels_of(splits.train), config.data_fraction, config.seed)
+    kept = fraction_indices(labels_of(splits.train), config.data_fraction, config.data_seed)
     train_source = BatchSource(take(splits.train, kept), config.batch_size, device, config.num_workers)
     val_source = BatchSource(splits.val, config.batch_size * 4, device, config.num_workers)
     cached = teacher.train[kept].to(device) if isinstance(teacher, TeacherLogits) else None
+    transfer, transfer_cached = _transfer_source(task, config, kept, teacher, device)
     if isinstance(teacher, nn.Module):
         teacher = teacher.to(device).eval()
+    distilling = teacher is not None and config.alpha > 0
 
     # Model and optimizer, seeded so a run is reproducible.
     torch.manual_seed(config.seed)
@@ -191,17 +230,25 @@ def train(
         sums = torch.zeros(3, device=device)  # total, kd, ce loss summed over samples
         seen = 0
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+        # Its own generator, so the labelled batches are the same with or without a transfer set.
+        unlabelled = transfer.forever(torch.Generator().manual_seed(config.seed * 1_000_003 + epoch + 7_919)) \
+            if transfer is not None else None
         for i, (positions, x, y) in enumerate(train_source.epoch(generator)):
+            if unlabelled is not None:  # append unlabelled inputs: the KD term sees them, CE does not
+                extra_positions, extra_x, _ = next(unlabelled)
+                x = torch.cat([x, extra_x])
             # Forward and backward; the teacher's logits come from the cache when given.
             with autocast():
                 logits = model(x)
-                if cached is not None:
+                if not distilling:
+                    teacher_logits = None
+                elif cached is not None:
                     teacher_logits = cached[positions]
-                elif teacher is not None:
+                    if unlabelled is not None:
+                        teacher_logits = torch.cat([teacher_logits, transfer_cached[extra_positions]])
+                else:
                     with torch.no_grad():
                         teacher_logits = teacher(x)
-                else:
-                    teacher_logits = None
             loss = kd_loss(logits.float(), teacher_logits, y, temperature=config.temperature,
                            alpha=config.alpha, label_smoothing=config.label_smoothing)
             (loss.total / config.grad_accum_steps).backward()

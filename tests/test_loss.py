@@ -106,3 +106,37 @@ def test_huge_logits_give_finite_correct_loss_and_gradient():
     assert torch.isfinite(grad).all()
     total, _, _ = _numpy_kd_loss(student.tolist(), teacher.tolist(), labels.tolist(), temperature=4.0, alpha=0.7)
     assert loss.total.item() == pytest.approx(total, rel=1e-4)
+
+
+def test_a_teacher_logit_of_minus_infinity_gives_a_finite_loss_and_gradient():
+    # A class the teacher rules out has probability 0 and adds nothing to the KL term.
+    student = torch.tensor(STUDENT)
+    masked = torch.tensor(TEACHER)
+    masked[:, 0] = -float("inf")
+    labels = torch.tensor(LABELS)
+
+    loss = kd_loss(student, masked, labels, temperature=2.0, alpha=0.7)
+    grad = _grad_wrt_student(student, masked, labels, temperature=2.0, alpha=0.7)
+
+    assert all(torch.isfinite(part).all() for part in loss) and torch.isfinite(grad).all()
+    very_negative = masked.clone()
+    very_negative[:, 0] = -1e6  # exp(-1e6 / T) underflows to 0: the same distribution
+    total, kd, _ = _numpy_kd_loss(STUDENT, very_negative.tolist(), LABELS, temperature=2.0, alpha=0.7)
+    assert loss.total.item() == pytest.approx(total, rel=1e-5)
+    assert loss.kd.item() == pytest.approx(kd, rel=1e-5)
+
+
+def test_labels_for_the_first_rows_leave_the_rest_to_the_kd_term_alone():
+    # A transfer-set batch: two labelled rows, then one unlabelled row only the KD term sees.
+    extra_student, extra_teacher = [3.0, 0.0, -2.0], [0.0, 0.0, 4.0]
+    student = torch.tensor([*STUDENT, extra_student])
+    teacher = torch.tensor([*TEACHER, extra_teacher])
+
+    loss = kd_loss(student, teacher, torch.tensor(LABELS), temperature=3.0, alpha=0.6)
+
+    _, _, ce = _numpy_kd_loss(STUDENT, TEACHER, LABELS, temperature=3.0, alpha=0.6)
+    _, kd, _ = _numpy_kd_loss([*STUDENT, extra_student], [*TEACHER, extra_teacher], [0, 0, 0],
+                              temperature=3.0, alpha=0.6)
+    assert loss.ce.item() == pytest.approx(ce, rel=1e-6)
+    assert loss.kd.item() == pytest.approx(kd, rel=1e-6)
+    assert loss.total.item() == pytest.approx(0.6 * kd + 0.4 * ce, rel=1e-6)

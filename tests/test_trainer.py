@@ -51,10 +51,21 @@ def test_early_stopping_returns_the_best_epochs_weights(early_stopped, score):
     assert val_loss == pytest.approx(best.val_loss, rel=1e-5)
 
 
-def test_huge_learning_rate_diverges_without_raising(digits):
-    config = make_config(alpha=0.0, epochs=3, lr=1e6, grad_clip=0.0, device="cpu")
+class _Overflowing(torch.nn.Module):
+    """A student whose logits overflow float32 once its weights grow: a run that blows up."""
 
-    result = train(digits, config)
+    def __init__(self, student: torch.nn.Module) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, x):
+        return self.student(x) * 1e38
+
+
+def test_a_run_whose_loss_overflows_stops_as_diverged_without_raising(digits):
+    config = make_config(alpha=0.0, epochs=3, lr=1.0, grad_clip=0.0, device="cpu")
+
+    result = train(digits, config, build_model=lambda: _Overflowing(digits.build_student(0.5)))
 
     assert result.stop_reason == "diverged"
     assert result.epochs_run < 3

@@ -21,11 +21,16 @@ class Splits:
     may hand over any map-style ``Dataset`` returning ``(x, y)``; the trainer then reads it with
     a DataLoader. Give such a dataset a ``targets`` attribute so data-fraction subsets can be
     stratified without reading every sample.
+
+    ``unlabeled`` (optional) holds inputs without labels (a one-tensor ``TensorDataset(x)``, or a
+    Dataset returning ``x``): the transfer set. Runs with ``transfer_ratio > 0`` show them to the
+    KD term only, with the teacher's cached logits as targets.
     """
 
     train: Dataset
     val: Dataset
     test: Dataset
+    unlabeled: Dataset | None = None
 
 
 class Task(abc.ABC):
@@ -49,6 +54,11 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def build_student(self, ratio: float) -> nn.Module:
         """A student whose width is ``ratio`` times the teacher's (0 < ratio <= 1)."""
+
+    def defaults(self) -> dict[str, Any]:
+        """TrainConfig settings this task's runs and studies start from; a sweep file's ``train:``
+        and command-line flags override them. Empty: TrainConfig's own defaults."""
+        return {}
 
     def teacher_config(self) -> TrainConfig:
         """How kdsweep trains the teacher when no pretrained weights are given."""

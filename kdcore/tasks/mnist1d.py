@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
+import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from kdcore.config import TrainConfig
 from kdcore.tasks._split import carve_validation
@@ -12,10 +15,14 @@ from kdcore.tasks.base import Splits, Task
 from kdcore.tasks.models import ConvNet1d, scaled_width
 
 _LENGTH = 40
+_DATA_SEED = 42  # mnist1d's own default: the published train/test data
+_POOL_SEED = 1_042  # the transfer set's generator seed: other random draws than the labelled data
 
 
 class MNIST1DTask(Task):
     """4000 train / 1000 test signals from ``mnist1d.make_dataset`` defaults; 500 of train validate.
+    A transfer set of ``unlabeled_size`` more signals from the same generator with its own seed
+    (so none of them is a train, validation or test signal), without labels.
 
     For scale, the MNIST-1D paper reports CNN 94%, MLP 68%, logistic regression 32% test accuracy.
     """
@@ -23,19 +30,32 @@ class MNIST1DTask(Task):
     name = "mnist1d"
     num_classes = 10
     teacher_channels = 64
+    unlabeled_size = 20_000
 
     @functools.cache
     def splits(self) -> Splits:
         from mnist1d.data import get_dataset_args, make_dataset
 
-        data = make_dataset(get_dataset_args())
-        return carve_validation(data["x"], data["y"], data["x_test"], data["y_test"], val_size=500)
+        args = get_dataset_args()
+        args.seed = _DATA_SEED
+        data = make_dataset(args)
+        splits = carve_validation(data["x"], data["y"], data["x_test"], data["y_test"], val_size=500)
+        # make_dataset draws whole classes in turn: num_samples must be a multiple of 10. Its labels
+        # are dropped here, so nothing downstream can read them.
+        args.seed, args.num_samples, args.train_split = _POOL_SEED, self.unlabeled_size, 1.0
+        pool = torch.as_tensor(make_dataset(args)["x"], dtype=torch.float32)
+        return Splits(splits.train, splits.val, splits.test, unlabeled=TensorDataset(pool))
 
     def build_teacher(self) -> nn.Module:
         return ConvNet1d(self.teacher_channels, self.num_classes, _LENGTH)
 
     def build_student(self, ratio: float) -> nn.Module:
         return ConvNet1d(scaled_width(self.teacher_channels, ratio), self.num_classes, _LENGTH)
+
+    def defaults(self) -> dict[str, Any]:
+        # The built-in default study: few labels plus a transfer set, the regime where distillation
+        # pays (README, docs/verdict.md). Measured, not guessed: see the figures there.
+        return {"data_fraction": 0.3, "transfer_ratio": 4.0, "epochs": 60, "patience": 20}
 
     def teacher_config(self) -> TrainConfig:
         # Measured on CPU: 94.8% test accuracy in about 15 s (the issue asks for >= 92%).
