@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +12,13 @@ import torch
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    """Write ``obj`` with torch.save so a crash mid-write never leaves a truncated file behind."""
+    """Write ``obj`` with torch.save so a crash mid-write never leaves a truncated file behind.
+
+    The file gets the mode a plain ``open`` would give (0666 less the umask), not mkstemp's 0600,
+    so a store shared by a team stays readable by the group."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)

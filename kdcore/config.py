@@ -36,7 +36,8 @@ class TrainConfig(BaseModel):
     monitor: Literal["val_acc", "val_loss"] = Field("val_acc", description="Validation metric for early stopping and best weights.")
     seed: int = Field(0, ge=0, description="Seed of the weights' initialisation and the batch order (repeats vary it).")
     data_seed: int = Field(0, ge=0, description="Seed of the labelled data-fraction subset (fixed for a study, so every trial sees the same labels).")
-    device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?|mps)$",
+                        description="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N' or 'mps'.")
     amp: bool = Field(True, description="bf16 autocast on CUDA; ignored on CPU.")
     num_workers: int = Field(0, ge=0, description="DataLoader workers, used only for tasks that hand over a non-tensor Dataset.")
 
@@ -80,6 +81,8 @@ def describe_validation_error(model: type[BaseModel], error: pydantic.Validation
             problems.append(f"unknown setting '{name}' (known: {known})")
         elif item["type"] == "missing":
             problems.append(f"missing setting '{name}'")
+        elif item["type"] == "string_pattern_mismatch" and field is not None:
+            problems.append(f"{name}={value!r} is invalid (allowed: {field.description.rstrip('.')})")
         elif item["type"] == "finite_number":
             allowed = _allowed(field) if field is not None and field.metadata else ""
             bounds = f" in {allowed}" if allowed.startswith(("[", "(")) else f" {allowed}" if allowed else ""

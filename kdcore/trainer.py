@@ -89,7 +89,13 @@ def learning_rate(step: int, total_steps: int, config: TrainConfig) -> float:
 
 
 def check_config(task: Task, config: TrainConfig) -> None:
-    """ConfigError for settings that do not fit ``task``'s data (checked before anything runs)."""
+    """ConfigError for settings that do not fit ``task``'s data or this machine (checked before
+    anything runs)."""
+    device = resolve_device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={config.device!r} but CUDA is not available on this machine: use auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={config.device!r} but MPS is not available on this machine: use auto or cpu")
     if config.transfer_ratio > 0 and config.alpha > 0:
         splits = task.splits()
         labelled = len(fraction_indices(labels_of(splits.train), config.data_fraction, config.data_seed))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import pytest
@@ -133,3 +134,13 @@ def test_teacher_random_in_eval_mode_raises_cache_error(digits, teacher, cache_r
 
     with pytest.raises(CacheError, match="deterministic"):
         teacher_outputs(digits, noisy, "noisy-teacher", cache_root, device="cpu")
+
+
+def test_teacher_logits_with_nan_are_refused_before_anything_is_cached(digits, teacher, cache_root):
+    broken = copy.deepcopy(teacher.model)
+    with torch.no_grad():
+        next(broken.parameters()).fill_(float("nan"))
+
+    with pytest.raises(CacheError, match="NaN or \\+inf"):
+        teacher_outputs(digits, broken, "nan-teacher", cache_root, device="cpu")
+    assert not any(cache_root.rglob("logits.pt"))

@@ -148,6 +148,16 @@ BAD_INPUT = {
     "unknown-task": (["--task", "no_such_task"], ["no_such_task"]),
     "malformed-yaml": (["--config", "{config}"], ["bad.yaml", "not valid YAML"]),
     "unknown-yaml-key": (["--config", "{config}"], ["bogus_key"]),
+    "temperature-inf": (["--temperature", "inf"], ["temperature=inf", "finite"]),
+    "temperature-underflow": (["--temperature", "1e-30"], ["temperature=1e-30", "[0.05, 100]"]),
+    "lr-inf": (["--lr", "inf"], ["lr=inf", "finite"]),
+    "lr-nan": (["--lr", "nan"], ["lr=nan", "finite"]),
+    "device-bogus": (["--device", "bogus"], ["device='bogus'", "'cpu'"]),
+    "device-without-cuda": (["--device", "cuda"], ["device='cuda'", "not available"]),
+    "task-not-a-factory": (["--task", "os:system"], ["os:system", "takes no arguments"]),
+    "task-not-callable": (["--task", "os:sep"], ["os:sep", "not a callable"]),
+    "transfer-without-pool": (["--transfer-ratio", "2", "--data-fraction", "1"], ["transfer_ratio=2", "unlabelled"]),
+    "transfer-negative": (["--transfer-ratio", "-1"], ["transfer_ratio=-1.0"]),
 }
 CONFIG_TEXT = {"malformed-yaml": "temperature: [1, 2\nalpha: 0.5\n", "unknown-yaml-key": "bogus_key: 1\n"}
 

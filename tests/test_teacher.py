@@ -72,3 +72,19 @@ def test_bad_teacher_file_is_retrained(store, digits, teacher, damage):
     # Training is seeded, so the retrained teacher is the session's teacher again, and saved.
     assert retrained.digest == teacher.digest
     assert not load_or_train_teacher(digits, store, device="cpu").trained_now
+
+
+def test_store_files_are_readable_by_the_group(tmp_path):
+    import os
+    import stat
+
+    from kdcore._files import save_atomic
+
+    previous = os.umask(0o022)
+    try:
+        save_atomic({"weights": torch.zeros(2)}, tmp_path / "a" / "file.pt")
+    finally:
+        os.umask(previous)
+    mode = stat.S_IMODE((tmp_path / "a" / "file.pt").stat().st_mode)
+    assert mode == 0o644  # mkstemp would give 0600
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["file.pt"]  # no temporary file left behind

@@ -41,7 +41,13 @@ def get_task(spec: str) -> Task:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as error:
         raise TaskError(f"cannot load task '{spec}': {error} (expected package.module:factory)") from None
-    task = factory()
+    if not callable(factory):
+        raise TaskError(f"task factory '{spec}' is a {type(factory).__name__}, not a callable returning a kdcore.Task")
+    try:
+        task = factory()
+    except Exception as error:  # user code: say where it came from, in one line
+        raise TaskError(f"task factory '{spec}' failed: {type(error).__name__}: {error} "
+                        "(a task factory takes no arguments and returns a kdcore.Task)") from None
     if not isinstance(task, Task):
         raise TaskError(f"task factory '{spec}' returned {type(task).__name__}, not a kdcore.Task")
     return task
