@@ -1,5 +1,8 @@
-"""`kdsweep studies/trials/best/pareto/compare/report/ui`: thin wrappers over ``sweeps.query.trials`` and
-``sweeps.report.html``. Tables go to the terminal; ``--format csv|json`` gives standard CSV and JSON."""
+"""`kdsweep studies/trials/best/pareto/compare/report/ui`: thin wrappers over ``sweeps.query`` and
+``sweeps.report``. Tables go to the terminal; ``--format csv|json`` gives standard CSV and JSON.
+
+Every default chooses and sorts by best_val_acc; test_acc is shown beside it as the held-out
+estimate. ``best`` ends with the study's KD verdict, written by ``sweeps.verdict_line``."""
 
 from __future__ import annotations
 
@@ -37,14 +40,15 @@ ColumnsOpt = Annotated[Optional[str], typer.Option(
     "all for csv/json].")]
 
 # What a terminal table shows unless --columns says otherwise (searched params go after "state").
-_TABLE_COLUMNS = ["number", "state", "test_acc", "best_val_acc", "retention", "kd_gain", "student_params",
+_TABLE_COLUMNS = ["number", "state", "best_val_acc", "test_acc", "retention", "student_params",
                   "train_time_s", "epochs_run", "stop_reason", "pareto"]
+_HELD_OUT = "test_acc: the held-out estimate; selection uses best_val_acc"
 
 
 @user_errors
 def studies(store: StoreOpt = None, tracking_uri: TrackingOpt = None, storage: StorageOpt = None,
             format: FormatOpt = Format.table) -> None:
-    """List every study: task, trial counts, best accuracy, time spent in trials."""
+    """List every study: task, trial counts, best trial by best_val_acc and its test_acc, time spent."""
     from sweeps import studies as list_studies
 
     frame = list_studies(storage=storage, tracking_uri=tracking_uri, store=store)
@@ -55,7 +59,7 @@ def studies(store: StoreOpt = None, tracking_uri: TrackingOpt = None, storage: S
 def trials(
     study: StudyArg,
     where: WhereOpt = None,
-    sort: Annotated[Optional[str], typer.Option("--sort", "-s", help="Comma-separated columns; -name sorts descending, e.g. -test_acc,student_params.")] = None,
+    sort: Annotated[Optional[str], typer.Option("--sort", "-s", help="Comma-separated columns; -name sorts descending, e.g. -best_val_acc,student_params.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="Show at most N trials (after sorting).")] = None,
     columns: ColumnsOpt = None,
     format: FormatOpt = Format.table,
@@ -63,32 +67,35 @@ def trials(
     tracking_uri: TrackingOpt = None,
     storage: StorageOpt = None,
 ) -> None:
-    """One row per trial: params, state, accuracy, retention, KD gain, size, cost, MLflow run, checkpoint."""
+    """One row per trial: params, state, best_val_acc, test_acc, retention, size, cost, MLflow run, checkpoint."""
     from sweeps.query import _where
     from sweeps import trials as load_trials
 
     frame = load_trials(study, storage=storage, tracking_uri=tracking_uri, store=store)
     frame = _where.sort(_where.where(frame, where), sort)
     frame = frame.head(limit) if limit else frame
-    _emit(_columns(frame, columns, format), format, title=f"trials of study '{study}' ({len(frame)} shown)")
+    _emit(_columns(frame, columns, format), format,
+          title=f"trials of study '{study}' ({len(frame)} shown; {_HELD_OUT})")
 
 
 @user_errors
 def best(
     study: StudyArg,
-    metric: Annotated[str, typer.Option("--metric", "-m", help="Column to optimise; costs (train_time_s, student_params, ...) are minimised.")] = "test_acc",
+    metric: Annotated[str, typer.Option("--metric", "-m", help="Column to optimise; costs (train_time_s, student_params, ...) are minimised. Choosing by test_acc makes its test_acc an optimistic estimate.")] = "best_val_acc",
     where: WhereOpt = None,
     format: FormatOpt = Format.table,
     store: StoreOpt = None,
     tracking_uri: TrackingOpt = None,
     storage: StorageOpt = None,
 ) -> None:
-    """The best COMPLETE trial by a metric (default test_acc), with its checkpoint."""
+    """The best COMPLETE trial by a metric (default best_val_acc), its checkpoint, and the study's KD verdict."""
     from sweeps import best as find_best
+    from sweeps import comparison, verdict_line
     from sweeps import trials as load_trials
 
     frame = load_trials(study, storage=storage, tracking_uri=tracking_uri, store=store)
     row = find_best(frame, metric, where)
+    verdict = comparison(study, storage=storage, tracking_uri=tracking_uri, store=store)
     if format is Format.table:
         from rich.table import Table
 
@@ -97,19 +104,25 @@ def best(
         table = Table(title=f"best trial of study '{study}' by {metric}", show_header=False, title_justify="left")
         table.add_column("field", style="bold")
         table.add_column("value")
+        table.add_column("note", style="dim")
+        notes = {metric: "chose this trial", "test_acc": "held-out estimate" if metric != "test_acc"
+                 else "chosen on test: an optimistic estimate"}
         for name, value in row.items():
-            table.add_row(str(name), cell(str(name), value))
+            table.add_row(str(name), cell(str(name), value), notes.get(str(name), ""))
         _console().print(table)
-        console.print(f"load it: from sweeps import load_student; model = load_student({study!r}, {int(row['number'])})",
-                      highlight=False, soft_wrap=True, markup=False)
+        for line in (f"load it: from sweeps import load_student; model = load_student({study!r}, {int(row['number'])})",
+                     verdict_line(verdict)):
+            console.print(line, highlight=False, soft_wrap=True, markup=False)
         return
     one = frame.loc[[row.name]]  # the same row as a one-row frame, dtypes intact
     if format is Format.json:
         import json
 
-        from sweeps.query._format import records
+        from sweeps.query._format import plain, records
 
-        sys.stdout.write(json.dumps(records(one)[0], allow_nan=False) + "\n")  # the object, not [object]
+        found = records(one)[0]
+        found["verdict"] = {key: plain(value) for key, value in verdict.items()}
+        sys.stdout.write(json.dumps(found, allow_nan=False) + "\n")  # the object, not [object]
         return
     _emit(one, format)
 
@@ -117,7 +130,7 @@ def best(
 @user_errors
 def pareto(
     study: StudyArg,
-    maximize: Annotated[str, typer.Option(help="Comma-separated columns to maximise.")] = "test_acc",
+    maximize: Annotated[str, typer.Option(help="Comma-separated columns to maximise (validation accuracy by default: choosing on test_acc makes it an optimistic estimate).")] = "best_val_acc",
     minimize: Annotated[str, typer.Option(help="Comma-separated columns to minimise.")] = "student_params,train_time_s",
     where: WhereOpt = None,
     columns: ColumnsOpt = None,
@@ -126,7 +139,7 @@ def pareto(
     tracking_uri: TrackingOpt = None,
     storage: StorageOpt = None,
 ) -> None:
-    """The Pareto-optimal COMPLETE trials: none is beaten on every objective at once."""
+    """The Pareto-optimal COMPLETE trials (max best_val_acc; min size and time): none is beaten on every objective."""
     from sweeps.query import _where
     from sweeps import pareto as front
     from sweeps import trials as load_trials
@@ -136,7 +149,8 @@ def pareto(
     optimal = front(frame, maximize=most, minimize=least)
     optimal = optimal.sort_values(least[0] if least else most[0], ascending=bool(least), kind="stable")
     _emit(_columns(optimal, columns, format, must=[*most, *least]), format,
-          title=f"Pareto front of study '{study}': max {', '.join(most)}; min {', '.join(least)} ({len(optimal)} trials)")
+          title=f"Pareto front of study '{study}': max {', '.join(most)}; min {', '.join(least)} ({len(optimal)} trials"
+                + (f"; {_HELD_OUT})" if "test_acc" not in most else ")"))
 
 
 @user_errors
@@ -148,7 +162,7 @@ def compare(
     tracking_uri: TrackingOpt = None,
     storage: StorageOpt = None,
 ) -> None:
-    """Two studies side by side: counts, best trial and settings, accuracy, size, cost, KD gain."""
+    """Two studies side by side: counts, best trial by best_val_acc, its settings and cost, the KD verdicts."""
     from sweeps import compare as side_by_side
 
     frame = side_by_side(study_a, study_b, storage=storage, tracking_uri=tracking_uri, store=store).reset_index()

@@ -26,16 +26,18 @@ def run(
     pruner: Annotated[Optional[str], typer.Option(help="median, hyperband or none [default: median].", rich_help_panel=_SEARCH)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Sampler seed [default: 0].", rich_help_panel=_SEARCH)] = None,
     min_epochs: Annotated[Optional[int], typer.Option(help="A trial starts only if this many epochs fit in the time left; pruning starts after them [default: 3].", rich_help_panel=_SEARCH)] = None,
-    enqueue_presets: Annotated[Optional[bool], typer.Option("--enqueue-presets", help="Try the named presets first.", rich_help_panel=_SEARCH)] = None,
+    enqueue_presets: Annotated[Optional[bool], typer.Option("--enqueue-presets", help="Try the named presets first, each with all its settings (epochs, batch, accumulation, ...); data_fraction, data_seed, transfer_ratio and device stay the study's.", rich_help_panel=_SEARCH)] = None,
+    repeats: Annotated[Optional[int], typer.Option(help="KD verdict: train the best trial's config and its no-KD twin this many times each (paired seeds) for a 95% interval of the gain; 0 skips it, 1 is too few [default: 3].", rich_help_panel=_SEARCH)] = None,
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage: sqlite:///f.db, postgresql://..., or a journal file [default: <store>/optuna.journal].", rich_help_panel="Store")] = None,
     store: StoreOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Search T, alpha, compression ratio and lr with Optuna under a time budget; log every trial to MLflow."""
+    """Search T, alpha, compression ratio and lr with Optuna under a time budget; log every trial to MLflow; end with the KD verdict."""
     started = time.time()
-    from kdcore import DEFAULT_TASK, make_config
+    from kdcore import DEFAULT_TASK, get_task, make_config
     from sweeps.search.budget import parse_budget
-    from sweeps.search.plan import SweepPlan
+    from sweeps.search.space import with_task_defaults
+    from sweeps.search.plan import DEFAULT_REPEATS, SweepPlan
     from sweeps.search.sweep import check_sweep
     from sweeps.tracking.storage import default_storage_url
     from sweeps.tracking.store import Store
@@ -46,18 +48,19 @@ def run(
     file = make_config(SweepFile, **(read_yaml(config) if config else {}))
     options = {**file.model_dump(exclude_none=True), **given(
         task=task, budget=budget, n_trials=n_trials, study=study, jobs=jobs, sampler=sampler, pruner=pruner,
-        seed=seed, min_epochs=min_epochs, enqueue_presets=enqueue_presets, storage=storage)}
+        seed=seed, min_epochs=min_epochs, enqueue_presets=enqueue_presets, storage=storage, repeats=repeats)}
     task_spec = options.get("task", DEFAULT_TASK)
+    fixed = with_task_defaults(options.get("space"), options.get("train", {}), get_task(task_spec).defaults())
     paths = Store.resolve(store, tracking_uri)
     plan = SweepPlan(
         study=options.get("study") or (config.stem if config else task_spec.replace(":", "-")),
         task=task_spec, store_root=str(paths.root), tracking_uri=paths.tracking_uri,
         storage_url=options.get("storage") or default_storage_url(paths.root),
-        space=options.get("space"), fixed=options.get("train", {}),
+        space=options.get("space"), fixed=fixed,
         sampler=options.get("sampler", "tpe"), pruner=options.get("pruner", "median"),
         seed=options.get("seed", 0), budget_s=parse_budget(options.get("budget", DEFAULT_BUDGET)),
         started_at=started, min_epochs=options.get("min_epochs", 3), n_trials=options.get("n_trials"),
-        jobs=options.get("jobs", 1))
+        jobs=options.get("jobs", 1), repeats=options.get("repeats", DEFAULT_REPEATS))
     check_sweep(plan, bool(options.get("enqueue_presets")))
 
     from cli.sweep_view import print_summary, sweep_view

@@ -84,39 +84,45 @@ def sweep_view():
 
 
 def print_summary(summary: SweepSummary, top: int = 10) -> None:
-    """The top trials, the teacher / no-KD / KD comparison, and where to look next."""
+    """The top trials by validation accuracy, the KD verdict, and where to look next."""
     from optuna.trial import TrialState
+
+    from sweeps.query.summary import verdict_line
 
     done = [t for t in summary.trials if t.state == TrialState.COMPLETE and t.value is not None]
     done.sort(key=lambda t: t.value, reverse=True)
     table = Table(title=f"top trials of study '{summary.study}'")
-    names = list(done[0].params) if done else []
+    # A preset's override replaces a searched value, so a trial may lack a param: take the union.
+    names = list(dict.fromkeys(name for t in done[:top] for name in t.params))
     for column in ["trial", *[_SHORT.get(n, n) for n in names], "val_acc", "test_acc", "params", "train s"]:
         table.add_column(column, justify="right", no_wrap=True)
     for t in done[:top]:
-        table.add_row(str(t.number), *[f"{t.params[n]:.3g}" if isinstance(t.params[n], float) else str(t.params[n])
-                                       for n in names],
+        table.add_row(str(t.number), *[_cell(t.params.get(n)) for n in names],
                       f"{t.value:.4f}", f"{t.user_attrs.get('test_acc', float('nan')):.4f}",
                       str(t.user_attrs.get("student_params", "")), f"{t.user_attrs.get('train_time_s', 0):.1f}")
     # Off a terminal Rich assumes 80 columns and would squeeze the headers; logs can be wider.
     console.print(table, width=None if console.is_terminal else max(console.width, 120))
-    c = summary.comparison
-    if c:
-        line = (f"teacher test_acc {c['teacher_test_acc']:.4f} | distilled student {c['distilled_test_acc']:.4f} "
-                f"(retention {c['retention']:.3f})")
-        if "nokd_test_acc" in c:
-            line += f" | no-KD student {c['nokd_test_acc']:.4f} | KD gain {c['kd_gain']:+.4f}"
-        console.print(line, highlight=False, soft_wrap=True)
+    verdict = verdict_line(summary.comparison) if summary.comparison else \
+        f"KD verdict: skipped (--repeats {summary.repeats})"
+    console.print(verdict, highlight=False, soft_wrap=True, markup=False)
+    teacher = summary.comparison.get("teacher_test_acc")
     console.print(
         f"{'interrupted' if summary.interrupted else 'done'} in {summary.wall_time_s:.1f}s of a "
-        f"{summary.budget_s:.0f}s budget (teacher {summary.teacher_time_s:.1f}s, cache {summary.cache_time_s:.2f}s)",
+        f"{summary.budget_s:.0f}s budget (teacher" + (f" test_acc {teacher:.4f}," if teacher is not None else "")
+        + f" {summary.teacher_time_s:.1f}s; cache {summary.cache_time_s:.2f}s)",
         highlight=False, soft_wrap=True)
     console.print(f"resume:     kdsweep run --study {summary.study} --storage {summary.storage_url}", highlight=False,
                   soft_wrap=True, markup=False)
-    console.print(f"trials:     kdsweep trials {summary.study} --sort -test_acc   |   kdsweep pareto {summary.study}",
+    console.print(f"trials:     kdsweep trials {summary.study} --sort -best_val_acc   |   kdsweep pareto {summary.study}",
                   highlight=False, soft_wrap=True, markup=False)
     console.print(f"report:     kdsweep report {summary.study}", highlight=False, soft_wrap=True, markup=False)
     console.print(f"MLflow UI:  kdsweep ui   (or: mlflow ui --backend-store-uri {summary.tracking_uri})",
                   highlight=False, soft_wrap=True, markup=False)
     console.print(f"dashboard:  optuna-dashboard {summary.storage_url}", highlight=False, soft_wrap=True,
                   markup=False)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

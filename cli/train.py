@@ -41,13 +41,14 @@ def train(
     seed: Annotated[Optional[int], typer.Option(help="Seed of the initialisation and batch order.", rich_help_panel="Training")] = None,
     data_seed: Annotated[Optional[int], typer.Option(help="Seed of the labelled data-fraction subset.", rich_help_panel="Training")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel="Training")] = None,
+    repeats: Annotated[Optional[int], typer.Option(help="Judge distillation instead of one run: train this config and its no-KD twin this many times each (paired seeds seed+1..seed+K) and print the gain with its 95% interval; 2 or more.", rich_help_panel="Verdict")] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.", rich_help_panel=_STORE)] = "kdsweep-train",
     run_name: Annotated[Optional[str], typer.Option(help="MLflow run name.", rich_help_panel=_STORE)] = None,
     store: StoreOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Train one student by distillation and log it to MLflow."""
-    from kdcore import DEFAULT_TASK, TrainConfig, check_config, get_task, make_config
+    """Train one student by distillation and log it to MLflow; with --repeats K, judge whether distillation pays."""
+    from kdcore import DEFAULT_TASK, ConfigError, TrainConfig, check_config, get_task, make_config
     from kdcore import preset as preset_settings
 
     # Validate everything before anything is written. Precedence: the task's defaults < preset <
@@ -63,35 +64,83 @@ def train(
     task_object = get_task(task_spec)
     train_config = make_config(TrainConfig, **{**task_object.defaults(), **settings})
     check_config(task_object, train_config)
+    if repeats is not None and repeats < 2:
+        raise ConfigError(f"--repeats {repeats} is not allowed: a confidence interval needs at least 2 pairs")
+    if repeats is not None and train_config.alpha == 0:
+        raise ConfigError("--repeats compares distillation with its no-KD twin, but alpha=0 is already no KD: "
+                          "give --alpha above 0")
 
-    from cli.progress import EpochProgress
     from cli._prepare import prepare_task
-    from sweeps.tracking.logged_run import run_params, train_logged
     from sweeps.tracking.store import Store
-    from sweeps.tracking.run_logger import RunLogger
 
     paths = Store.resolve(store, tracking_uri)
     paths.check_reachable()
     prepared = prepare_task(task_spec, paths, train_config.device)
     client = paths.client()
     experiment_id = paths.experiment(client, experiment)
-    logger = RunLogger.start(client, experiment_id, run_name or f"{prepared.task.name}-T{train_config.temperature:g}"
-                             f"-a{train_config.alpha:g}-r{train_config.ratio:g}",
-                             params=run_params(prepared, train_config), tags={"kdsweep.kind": "train"})
-    with EpochProgress("training student", train_config.epochs) as progress:
-        run = train_logged(prepared, train_config, logger, on_epoch=progress.update)
-    logger.finish()
+    name = run_name or (f"{prepared.task.name}-T{train_config.temperature:g}-a{train_config.alpha:g}"
+                        f"-r{train_config.ratio:g}")
+    if repeats is not None:
+        _judge(prepared, train_config, repeats, client, experiment_id, name)
+    else:
+        _train_once(prepared, train_config, client, experiment_id, name)
+    console.print(f"MLflow experiment '{experiment}' at {paths.tracking_uri}", highlight=False, soft_wrap=True)
+    if paths.embedded:
+        console.print(f"look at it: mlflow ui --backend-store-uri {paths.tracking_uri}", highlight=False,
+                      soft_wrap=True)
 
+
+def _train_once(prepared, config, client, experiment_id: str, name: str) -> None:
+    from cli.progress import EpochProgress
+    from sweeps.tracking.logged_run import run_params, train_logged
+    from sweeps.tracking.run_logger import RunLogger
+
+    logger = RunLogger.start(client, experiment_id, name, params=run_params(prepared, config),
+                             tags={"kdsweep.kind": "train"})
+    with EpochProgress("training student", config.epochs) as progress:
+        run = train_logged(prepared, config, logger, on_epoch=progress.update)
+    logger.finish()
     m = run.metrics
     console.print(
         f"student: test_acc {m['test_acc']:.4f}, retention {m['retention']:.3f} of the teacher, "
         f"{int(m['student_params'])} params, best epoch {run.result.best_epoch}/{run.result.epochs_run} "
-        f"({run.result.stop_reason}), {m['train_time_s']:.1f}s", highlight=False, soft_wrap=True)
-    console.print(f"MLflow run {run.run_id} in experiment '{experiment}' at {paths.tracking_uri}",
+        f"({run.result.stop_reason}), {m['train_time_s']:.1f}s; MLflow run {run.run_id}",
+        highlight=False, soft_wrap=True)
+
+
+def _judge(prepared, config, repeats: int, client, experiment_id: str, name: str) -> None:
+    """The KD verdict of one config: ``repeats`` paired runs of it and of its no-KD twin, logged as
+    children of one parent run that holds the verdict (the same numbers a sweep's parent holds)."""
+    import threading
+
+    from sweeps.query.summary import verdict_line
+    from sweeps.tracking.logged_run import run_params
+    from sweeps.tracking.run_logger import RunLogger
+    from sweeps.verdict.paired import incomplete_verdict
+    from sweeps.verdict.repeats import record_verdict, run_repeats
+
+    parent = RunLogger.start(client, experiment_id, f"{name}-verdict", params=run_params(prepared, config),
+                             tags={"kdsweep.kind": "verdict", "kd_repeats_wanted": str(repeats)})
+    interrupt = threading.Event()
+    try:
+        verdict = run_repeats(
+            prepared, config, repeats=repeats, trial=None, client=client, experiment_id=experiment_id, study=None,
+            study_run_id=parent.run_id, interrupt=interrupt, tags={"mlflow.parentRunId": parent.run_id},
+            on_start=lambda i, arm: console.print(f"pair {i}/{repeats}: {'KD' if arm == 'kd' else 'no-KD'} "
+                                                  f"(seed {config.seed + i})", highlight=False))
+    except KeyboardInterrupt:
+        record_verdict(client, parent.run_id, incomplete_verdict(
+            "interrupted (Ctrl-C)", teacher_test_acc=prepared.teacher.test_acc, trial=None))
+        parent.finish("KILLED")
+        raise typer.Exit(130) from None
+    record_verdict(client, parent.run_id, {k: v for k, v in verdict.items() if k != "runs"})
+    parent.finish()
+    for run in verdict["runs"]:
+        accuracy = f"test_acc {run['test_acc']:.4f}" if run["test_acc"] is not None else run["stop_reason"]
+        console.print(f"  pair {run['repeat']} {run['arm']:>4} (seed {run['seed']}): {accuracy}", highlight=False)
+    console.print(verdict_line(verdict), highlight=False, soft_wrap=True, markup=False)
+    console.print(f"teacher test_acc {prepared.teacher.test_acc:.4f}; verdict run {parent.run_id}",
                   highlight=False, soft_wrap=True)
-    if paths.embedded:
-        console.print(f"look at it: mlflow ui --backend-store-uri {paths.tracking_uri}", highlight=False,
-                      soft_wrap=True)
 
 
 @user_errors

@@ -1,12 +1,15 @@
 """sweeps: Optuna searches over kdcore training runs, tracked in MLflow, and the API to query them.
 
-    from sweeps import trials, best, pareto, studies, load_student
+    from sweeps import trials, best, pareto, studies, comparison, verdict_line, load_student
     df = trials("digits")                               # one row per trial, real dtypes
-    best("digits", where="student_params < 20000")      # the best COMPLETE trial (a row)
+    best("digits", where="student_params < 20000")      # the best COMPLETE trial by best_val_acc (a row)
     model = load_student("digits", best("digits")["number"])
+    print(verdict_line(comparison("digits")))           # does KD pay? gain, 95% CI, paired seeds
+
+Selection is on validation accuracy only; test_acc is the chosen trial's held-out estimate.
 """
 
-from sweeps.query.summary import compare, comparison, studies
+from sweeps.query.summary import compare, comparison, studies, verdict_line
 from sweeps.query.trials import best, load_student, pareto, trials, update_pareto_tags, where
 from sweeps.report.html import write_report
 
@@ -19,6 +22,7 @@ __all__ = [
     "studies",
     "trials",
     "update_pareto_tags",
+    "verdict_line",
     "where",
     "write_report",
 ]

@@ -176,12 +176,12 @@ def all_runs(client, experiment_name: str) -> list:
 class SweepRuns:
     parent: Any
     children: dict[int, Any]  # by trial number, from the run name trial-NNNN
-    baselines: list
+    repeats: list  # the KD verdict's paired runs (kdsweep.kind=repeat), not children
     runs: list
 
 
 def sweep_runs(store: Path, study: str) -> SweepRuns:
-    """The study's runs: exactly one parent (kdsweep.kind=study), its children, the baselines."""
+    """The study's runs: exactly one parent (kdsweep.kind=study), its children, the repeat runs."""
     runs = all_runs(mlflow_client(store), study)
     parents = [r for r in runs if r.data.tags.get("kdsweep.kind") == "study"]
     assert len(parents) == 1, f"expected one parent run, found {len(parents)}"
@@ -194,8 +194,8 @@ def sweep_runs(store: Path, study: str) -> SweepRuns:
         assert run.info.run_name == f"trial-{number:04d}"
         assert number not in by_number, f"two runs named {run.info.run_name}"
         by_number[number] = run
-    baselines = [r for r in runs if r.data.tags.get("kdsweep.kind") == "baseline"]
-    return SweepRuns(parent, by_number, baselines, runs)
+    repeats = [r for r in runs if r.data.tags.get("kdsweep.kind") == "repeat"]
+    return SweepRuns(parent, by_number, repeats, runs)
 
 
 def started_trials(study) -> list:

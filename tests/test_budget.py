@@ -33,3 +33,67 @@ def test_zero_budget_says_it_must_be_positive():
 @pytest.mark.parametrize(("seconds", "text"), [(37, "37s"), (245, "4m05s"), (3720, "1h02m"), (7200, "2h00m")])
 def test_format_seconds_is_short_and_readable(seconds, text):
     assert format_seconds(seconds) == text
+
+
+# --------------------------------------------------------------------------------------------
+# The time kept for the KD verdict's repeats (SweepPlan.reserve_s)
+# --------------------------------------------------------------------------------------------
+
+def plan(repeats: int = 3, budget_s: float = 600.0, jobs: int = 1):
+    import time
+
+    from sweeps.search.plan import SweepPlan
+
+    return SweepPlan(study="s", task="digits", store_root="/nonexistent", tracking_uri="sqlite:///x.db",
+                     storage_url="x.journal", space=None, fixed={"epochs": 20}, sampler="tpe", pruner="median",
+                     seed=0, budget_s=budget_s, started_at=time.time(), min_epochs=3, jobs=jobs, repeats=repeats)
+
+
+def timed_trial(value: float | None, train_s: float, wall_s: float, epochs_run: int, pruned: bool = False):
+    """A real finished FrozenTrial with the timing attrs a trial records."""
+    import optuna
+    from optuna.trial import TrialState
+
+    return optuna.trial.create_trial(
+        state=TrialState.PRUNED if pruned else TrialState.COMPLETE, value=None if pruned else value,
+        user_attrs={"train_time_s": train_s, "wall_time_s": wall_s, "epochs_run": epochs_run,
+                    "epoch_time_s": train_s / epochs_run})
+
+
+def test_reserve_is_k_pairs_of_the_best_complete_trials_measured_time():
+    # Best by value is the 0.9 trial (10 s training + 1 s set-up/test/upload), not the median:
+    # 3 pairs x 2 arms x (10 s x 1.25 + 1 s) = 81 s, plus 2 s to close the runs.
+    trials = [timed_trial(0.8, 2.0, 2.5, 10), timed_trial(0.9, 10.0, 11.0, 20), timed_trial(0.7, 4.0, 4.5, 10)]
+    assert plan(repeats=3).reserve_s(trials) == pytest.approx(81.0 + 2.0)
+    assert plan(repeats=2).reserve_s(trials) == pytest.approx(54.0 + 2.0)
+
+
+def test_reserve_scales_with_the_trial_not_with_the_budget():
+    trials = [timed_trial(0.9, 1.0, 1.5, 10)]
+    assert plan(budget_s=60).reserve_s(trials) == plan(budget_s=7200).reserve_s(trials)
+
+
+def test_worker_processes_add_their_exit_time():
+    trials = [timed_trial(0.9, 1.0, 1.5, 10)]
+    assert plan(jobs=2).reserve_s(trials) - plan(jobs=1).reserve_s(trials) == pytest.approx(4.0)
+
+
+def test_repeats_0_keeps_only_the_closing_margin():
+    assert plan(repeats=0).reserve_s([timed_trial(0.9, 100.0, 110.0, 20)]) == pytest.approx(2.0)
+
+
+def test_before_any_trial_is_timed_a_quarter_of_the_budget_is_kept():
+    assert plan(budget_s=600).reserve_s([]) == pytest.approx(150.0 + 2.0)
+
+
+def test_before_any_trial_completes_a_full_run_at_the_measured_epoch_time_is_assumed():
+    # A pruned trial: 0.5 s an epoch over 4 epochs, 0.5 s overhead; a full run is 20 epochs:
+    # 3 x 2 x (10 s x 1.25 + 0.5 s) = 78 s.
+    trials = [timed_trial(None, 2.0, 2.5, 4, pruned=True)]
+    assert plan().reserve_s(trials) == pytest.approx(78.0 + 2.0)
+
+
+def test_trials_stop_before_the_reserve():
+    trials = [timed_trial(0.9, 10.0, 11.0, 20)]
+    p = plan()
+    assert p.trials_deadline(trials) == pytest.approx(p.deadline - p.reserve_s(trials))

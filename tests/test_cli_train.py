@@ -158,6 +158,8 @@ BAD_INPUT = {
     "task-not-callable": (["--task", "os:sep"], ["os:sep", "not a callable"]),
     "transfer-without-pool": (["--transfer-ratio", "2", "--data-fraction", "1"], ["transfer_ratio=2", "unlabelled"]),
     "transfer-negative": (["--transfer-ratio", "-1"], ["transfer_ratio=-1.0"]),
+    "repeats-one": (["--repeats", "1"], ["--repeats 1", "at least 2"]),
+    "repeats-without-kd": (["--repeats", "3", "--alpha", "0"], ["alpha=0", "no KD"]),
 }
 CONFIG_TEXT = {"malformed-yaml": "temperature: [1, 2\nalpha: 0.5\n", "unknown-yaml-key": "bogus_key: 1\n"}
 
@@ -223,3 +225,28 @@ def test_importing_the_cli_loads_neither_torch_nor_mlflow():
     completed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
 
     assert completed.stdout.split() == ["False", "False"]
+
+
+def test_repeats_judge_one_config_against_its_no_kd_twin(store_with_teacher):
+    result = invoke("train", "--task", "digits", "--epochs", "3", "--alpha", "0.8", "--seed", "4", "--repeats", "2",
+                    "--device", "cpu", "--store", store_with_teacher)
+
+    assert result.exit_code == 0, result.output
+    client = _client(store_with_teacher)
+    runs = client.search_runs([client.get_experiment_by_name("kdsweep-train").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags["kdsweep.kind"] == "verdict"]
+    arms = sorted((r.data.tags["kdsweep.repeat"], r.data.tags["kdsweep.arm"], r.data.params["seed"],
+                   r.data.params["alpha"]) for r in runs if r.data.tags["kdsweep.kind"] == "repeat")
+    assert arms == [("1", "kd", "5", "0.8"), ("1", "nokd", "5", "0.0"), ("2", "kd", "6", "0.8"), ("2", "nokd", "6", "0.0")]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id and r.data.tags["state"] == "COMPLETE"
+               for r in runs if r is not parent)
+    tests = {(r.data.tags["kdsweep.repeat"], r.data.tags["kdsweep.arm"]): r.data.metrics["test_acc"] for r in runs
+             if r is not parent}
+    gains = [tests[(i, "kd")] - tests[(i, "nokd")] for i in ("1", "2")]
+    metrics = parent.data.metrics
+    assert metrics["kd_gain"] == pytest.approx(sum(gains) / 2)
+    assert metrics["kd_gain_ci95_low"] < metrics["kd_gain"] < metrics["kd_gain_ci95_high"]
+    assert metrics["kd_repeats"] == 2
+    verdict = parent.data.tags["kd_verdict"]
+    assert verdict in ("helps", "hurts", "no_difference")
+    assert f"KD verdict: {verdict} — gain {metrics['kd_gain']:+.3f} (95% CI" in result.stdout

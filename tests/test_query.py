@@ -10,11 +10,13 @@ import optuna
 import pandas as pd
 import pytest
 import torch
+from _study_edits import HELPS, add_test_best_trial, log_verdict, parent_run_id, stale_then_incomplete
 from _sweep_store import copy_store
 from mlflow import MlflowClient
 
 from kdcore import ConfigError
-from sweeps import best, compare, load_student, pareto, studies, trials, update_pareto_tags, where
+from sweeps import (best, compare, comparison, load_student, pareto, studies, trials, update_pareto_tags,
+                    verdict_line, where)
 from sweeps.query._runs import experiment_runs
 from sweeps.tracking.storage import open_storage
 from sweeps.tracking.store import Store
@@ -28,6 +30,15 @@ def frame(swept) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def study(swept) -> optuna.Study:
     return optuna.load_study(study_name=swept.study, storage=open_storage(swept.storage_url))
+
+
+@pytest.fixture(scope="module")
+def split(swept, tmp_path_factory):
+    """A copy of the swept store with one more trial: the best on test accuracy, not on validation.
+    Returns (store, its trials frame, the validation-best trial, the test-best trial)."""
+    store = copy_store(swept, tmp_path_factory.mktemp("split"))
+    val_best, test_best = add_test_best_trial(store)
+    return store, trials(store.study, store=store.root), val_best, test_best
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +58,7 @@ def test_trials_has_one_row_per_optuna_trial(frame, study):
 
 
 def test_trials_columns_are_numbers_not_strings(frame):
-    for column in ("temperature", "alpha", "ratio", "lr", "best_val_acc", "test_acc", "retention", "kd_gain",
+    for column in ("temperature", "alpha", "ratio", "lr", "best_val_acc", "test_acc", "retention",
                    "train_time_s", "wall_time_s", "epoch_time_s", "duration_s"):
         assert frame[column].dtype == "float64", column
     for column in ("student_params", "student_size_bytes", "epochs_run"):
@@ -79,13 +90,11 @@ def test_mean_epoch_time_is_the_mean_of_the_logged_epoch_times(frame, swept):
     assert row["epoch_time_s"] == pytest.approx(np.mean([m.value for m in history]))
 
 
-def test_kd_gain_is_given_only_for_the_trial_the_baseline_copies(frame, runs):
-    baselines = [r for r in runs.values() if r.data.tags.get("kdsweep.kind") == "baseline"]
-    assert len(baselines) == 1, "the fixture sweep should have had time for its no-KD baseline"
-    copied = int(baselines[0].data.tags["kdsweep.baseline_of_trial"])
-    gains = frame.dropna(subset=["kd_gain"])
-    assert list(gains["number"]) == [copied]
-    assert gains["kd_gain"].iloc[0] == pytest.approx(gains["test_acc"].iloc[0] - baselines[0].data.metrics["test_acc"])
+def test_trial_rows_carry_no_kd_gain_and_show_validation_before_test(frame):
+    # A per-trial gain would compare a trial with another trial's baseline; the gain is the study's verdict.
+    assert not any("gain" in column for column in frame.columns)
+    columns = list(frame.columns)
+    assert columns.index("test_acc") == columns.index("best_val_acc") + 1
 
 
 def test_sql_reader_and_mlflow_client_read_the_same_runs(swept):
@@ -96,6 +105,18 @@ def test_sql_reader_and_mlflow_client_read_the_same_runs(swept):
     assert by_sql.runs.keys() == by_client.runs.keys()
     for run_id, run in by_sql.runs.items():
         assert run == by_client.runs[run_id]
+
+
+def test_sql_reader_and_mlflow_client_agree_on_nan_metrics(swept, tmp_path):
+    store = copy_store(swept, tmp_path)
+    stale_then_incomplete(store, "pair 2 cut by the deadline")
+    paths = Store.resolve(store.root)
+    parent = parent_run_id(store)
+    by_sql = experiment_runs(paths, store.study).runs[parent]
+    by_client = experiment_runs(paths, store.study, client=paths.client()).runs[parent]
+    assert math.isnan(by_sql.metrics["kd_gain"]) and math.isnan(by_client.metrics["kd_gain"])
+    assert by_sql.tags == by_client.tags
+    assert {k: str(v) for k, v in by_sql.metrics.items()} == {k: str(v) for k, v in by_client.metrics.items()}
 
 
 def test_unknown_study_names_the_known_ones(swept):
@@ -111,11 +132,33 @@ def test_missing_storage_is_an_error_and_is_not_created(tmp_path):
 
 # --- best, pareto, studies, compare ------------------------------------------------------------
 
-def test_best_is_the_complete_trial_with_the_highest_test_acc(frame, swept):
+def test_best_is_the_earliest_complete_trial_with_the_highest_best_val_acc(frame, swept):
     row = best(swept.study, store=swept.root)
     complete = frame[frame["state"] == "COMPLETE"]
     assert row["state"] == "COMPLETE"
-    assert row["test_acc"] == complete["test_acc"].max()
+    assert row["number"] == complete.loc[complete["best_val_acc"] == complete["best_val_acc"].max(), "number"].min()
+
+
+def test_best_chooses_on_validation_not_on_test(split):
+    store, frame, val_best, test_best = split
+    assert frame.loc[frame["test_acc"].idxmax(), "number"] == test_best  # the case is real: they differ
+    assert best(store.study, store=store.root)["number"] == val_best
+    assert best(frame)["number"] == val_best
+
+
+def test_best_by_test_acc_still_works_when_asked(split):
+    store, frame, _, test_best = split
+    assert best(store.study, "test_acc", store=store.root)["number"] == test_best
+
+
+def test_pareto_front_is_chosen_on_validation(split):
+    _, frame, _, test_best = split
+    front = pareto(frame)
+    assert test_best not in set(front["number"])
+    assert front["best_val_acc"].max() == frame.loc[frame["state"] == "COMPLETE", "best_val_acc"].max()
+    assert sorted(frame.loc[frame["pareto"], "number"]) == sorted(front["number"])
+    # Asked for explicitly, a front on test accuracy holds the test-best trial.
+    assert test_best in set(pareto(frame, maximize=["test_acc"])["number"])
 
 
 def test_best_minimises_a_cost_and_honours_where(frame):
@@ -133,7 +176,9 @@ def test_pareto_keeps_exactly_the_non_dominated_complete_rows():
     df = pd.DataFrame({
         "number": [0, 1, 2, 3, 4, 5, 6],
         "state": ["COMPLETE", "COMPLETE", "COMPLETE", "COMPLETE", "PRUNED", "COMPLETE", "COMPLETE"],
-        "test_acc": [0.90, 0.95, 0.95, 0.80, 0.99, 0.97, np.nan],
+        "best_val_acc": [0.90, 0.95, 0.95, 0.80, 0.99, 0.97, np.nan],
+        # Test accuracy ranks them the other way round: the default front must not look at it.
+        "test_acc": [0.99, 0.80, 0.80, 0.99, 0.50, 0.70, np.nan],
         "student_params": [100, 200, 300, 100, 50, 400, 10],
         "train_time_s": [1.0, 1.0, 1.0, 2.0, 0.1, 5.0, 0.1],
     })
@@ -142,7 +187,9 @@ def test_pareto_keeps_exactly_the_non_dominated_complete_rows():
     # Counting the pruned 4, it beats every other row.
     assert list(pareto(df, states=None)["number"]) == [4]
     # Without size, 1 and 2 tie: both stay.
-    assert list(pareto(df, maximize=["test_acc"], minimize=["train_time_s"])["number"]) == [1, 2, 5]
+    assert list(pareto(df, maximize=["best_val_acc"], minimize=["train_time_s"])["number"]) == [1, 2, 5]
+    # On test accuracy, asked for explicitly: 0 and 3 tie at the top; 3 is slower.
+    assert list(pareto(df, maximize=["test_acc"])["number"]) == [0]
 
 
 def test_pareto_of_the_sweep_matches_the_pareto_column(frame):
@@ -164,18 +211,105 @@ def test_studies_counts_trials_and_finds_the_best(swept, frame):
     assert row["trial_time_s"] == pytest.approx(frame["duration_s"].sum())
 
 
+def test_studies_report_nothing_chosen_on_test(split):
+    store, frame, val_best, test_best = split
+    row = studies(store=store.root).set_index("study").loc[store.study]
+    assert row["best_trial"] == val_best
+    assert row["best_test_acc"] == frame.loc[frame["number"] == val_best, "test_acc"].iloc[0]
+    assert row["best_test_acc"] < frame["test_acc"].max()  # the test-best trial's 1.0 is not reported
+    assert not any(column.startswith("top_") for column in studies(store=store.root).columns)
+
+
 def test_compare_puts_two_studies_side_by_side(swept, tmp_path):
     store = copy_store(swept, tmp_path)
     other = optuna.create_study(study_name="s2", storage=open_storage(store.storage_url), direction="maximize")
     other.add_trial(optuna.trial.create_trial(
         params={"temperature": 2.0}, distributions={"temperature": optuna.distributions.FloatDistribution(1, 20)},
         value=0.9, user_attrs={"test_acc": 0.91, "student_params": 1000, "train_time_s": 1.0}))
+    log_verdict(store, "helps", HELPS)
     table = compare(swept.study, "s2", store=store.root)
     assert list(table.columns) == [swept.study, "s2"]
     assert table.loc["trials", "s2"] == 1
     assert table.loc["test_acc", "s2"] == 0.91
     assert table.loc["best.temperature", "s2"] == 2.0
-    assert table.loc["kd_gain", swept.study] is not None and table.loc["kd_gain", "s2"] is None
+    assert "top_test_acc" not in table.index
+    assert table.loc["best_trial", swept.study] == best(swept.study, store=swept.root)["number"]
+    for key in ("kd_gain", "kd_gain_ci95_low", "kd_gain_ci95_high", "kd_repeats", "nokd_test_acc"):
+        assert table.loc[key, swept.study] == HELPS[key] and table.loc[key, "s2"] is None
+    assert table.loc["kd_verdict", swept.study] == "helps" and table.loc["kd_verdict", "s2"] is None
+    assert "kd_verdict_reason" not in table.index
+
+
+def test_compare_of_an_incomplete_verdict_gives_the_reason_and_no_gain(split, tmp_path):
+    store = copy_store(split[0], tmp_path)
+    stale_then_incomplete(store, "no COMPLETE trial")
+    optuna.create_study(study_name="s2", storage=open_storage(store.storage_url), direction="maximize")
+    table = compare(store.study, "s2", store=store.root)
+    assert table.loc["kd_verdict", store.study] == "incomplete"
+    assert table.loc["kd_verdict_reason", store.study] == "no COMPLETE trial"
+    assert all(table.loc[k, store.study] is None for k in ("kd_gain", "kd_gain_ci95_low", "nokd_test_acc"))
+
+
+# --- the KD verdict ------------------------------------------------------------------------------
+
+def test_comparison_reads_the_verdict_logged_on_the_parent_run(swept, tmp_path):
+    store = copy_store(swept, tmp_path)
+    trial = int(best(store.study, store=store.root)["number"])
+    log_verdict(store, "helps", HELPS, trial=trial)
+    found = comparison(store.study, store=store.root)
+    assert found == {**HELPS, "kd_repeats": 3, "best_trial": trial, "kd_verdict": "helps"}
+    assert isinstance(found["kd_repeats"], int) and isinstance(found["best_trial"], int)
+
+
+def test_an_incomplete_verdict_returns_no_gain_even_over_stale_numbers(swept, tmp_path):
+    store = copy_store(swept, tmp_path)
+    stale_then_incomplete(store, "repeat 2 of the no-KD arm was cut by the deadline")
+    found = comparison(store.study, store=store.root)
+    assert found["kd_verdict"] == "incomplete"
+    assert found["kd_verdict_reason"] == "repeat 2 of the no-KD arm was cut by the deadline"
+    assert not {"kd_gain", "kd_gain_ci95_low", "kd_gain_ci95_high", "kd_repeats", "nokd_test_acc"} & set(found)
+    assert found["teacher_test_acc"] == HELPS["teacher_test_acc"]  # numbers that need no pairs stay
+
+
+def test_the_verdict_tag_is_authoritative_over_finite_gain_metrics(swept, tmp_path):
+    store = copy_store(swept, tmp_path)
+    log_verdict(store, "incomplete", HELPS, reason="interrupted (Ctrl-C) during the repeats")
+    found = comparison(store.study, store=store.root)
+    assert "kd_gain" not in found and "nokd_test_acc" not in found
+    MlflowClient(store.tracking_uri).delete_tag(parent_run_id(store), "kd_verdict")
+    assert "kd_gain" not in comparison(store.study, store=store.root)  # no verdict: no gain to trust
+
+
+def test_nan_metrics_count_as_missing(swept, tmp_path):
+    store = copy_store(swept, tmp_path)
+    log_verdict(store, "helps", {**HELPS, "nokd_val_acc": math.nan, "distilled_val_acc": math.nan})
+    found = comparison(store.study, store=store.root)
+    assert found["kd_gain"] == HELPS["kd_gain"]
+    assert "nokd_val_acc" not in found and "distilled_val_acc" not in found
+
+
+def test_comparison_of_an_unknown_study_names_the_known_ones(swept):
+    with pytest.raises(ConfigError, match=r"unknown study 'nope'.*studies: s1"):
+        comparison("nope", store=swept.root)
+
+
+@pytest.mark.parametrize(("table", "line"), [
+    ({**HELPS, "kd_repeats": 3, "best_trial": 7, "kd_verdict": "helps"},
+     "KD verdict: helps — gain +0.082 (95% CI +0.051 to +0.113, 3 paired seeds) for trial 7; "
+     "distilled 0.744, no-KD 0.662 (test means)"),
+    ({"kd_verdict": "hurts", "kd_gain": -0.0251, "kd_gain_ci95_low": -0.04, "kd_gain_ci95_high": -0.0102,
+      "kd_repeats": 2, "best_trial": 0, "distilled_test_acc": 0.8283, "nokd_test_acc": 0.8534},
+     "KD verdict: hurts — gain -0.025 (95% CI -0.040 to -0.010, 2 paired seeds) for trial 0; "
+     "distilled 0.828, no-KD 0.853 (test means)"),
+    ({"kd_verdict": "no_difference", "kd_gain": 0.0074, "kd_gain_ci95_low": -0.0425, "kd_gain_ci95_high": 0.0573,
+      "kd_repeats": 3, "kd_verdict_trial": 4},  # the sweep's own verdict dict names the trial so
+     "KD verdict: no_difference — gain +0.007 (95% CI -0.043 to +0.057, 3 paired seeds) for trial 4"),
+    ({"kd_verdict": "incomplete", "kd_verdict_reason": "no COMPLETE trial", "teacher_test_acc": 0.97},
+     "KD verdict: incomplete (no COMPLETE trial)"),
+    ({}, "KD verdict: none recorded (the sweep is still searching, ran with --repeats 0, or predates verdicts)"),
+])
+def test_verdict_line(table, line):
+    assert verdict_line(table) == line
 
 
 # --- load_student ------------------------------------------------------------------------------
@@ -210,6 +344,14 @@ def _tagged(store) -> dict[int, str]:
     return {int(r.data.tags["optuna.trial_number"]): r.data.tags.get("pareto") for r in found}
 
 
+def test_pareto_tags_are_chosen_on_validation(split, tmp_path):
+    store = copy_store(split[0], tmp_path)
+    _, frame, _, test_best = split
+    front = update_pareto_tags(store.study, store=store.root)
+    assert front == sorted(pareto(frame)["number"])
+    assert _tagged(store)[test_best] == "false"
+
+
 def test_update_pareto_tags_tags_every_finished_trial_run(swept, tmp_path):
     store = copy_store(swept, tmp_path)
     front = update_pareto_tags(store.study, store=store.root)
@@ -232,7 +374,8 @@ def test_pareto_tags_follow_the_study_as_it_grows(swept, tmp_path):
     template = opened.trials[before[0]]
     opened.add_trial(optuna.trial.create_trial(
         params=template.params, distributions=template.distributions, value=1.0,
-        user_attrs={"mlflow_run_id": run.info.run_id, "test_acc": 1.0, "student_params": 1, "train_time_s": 1e-3}))
+        user_attrs={"mlflow_run_id": run.info.run_id, "best_val_acc": 1.0, "test_acc": 1.0, "student_params": 1,
+                    "train_time_s": 1e-3}))
     assert update_pareto_tags(opened, client=client) == [number]
     tags = _tagged(store)
     assert tags[number] == "true"

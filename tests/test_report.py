@@ -4,16 +4,18 @@ logged to the study's parent MLflow run; few-trial studies degrade with a note, 
 from __future__ import annotations
 
 import base64
+import html
 import re
 
 import optuna
 import pytest
+from _study_edits import HELPS, add_test_best_trial, log_verdict, stale_then_incomplete
 from _sweep_store import copy_store
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from cli.main import app
-from sweeps import write_report
+from sweeps import comparison, pareto, trials, verdict_line, write_report
 from sweeps.tracking.storage import open_storage
 
 FIGURES = ["accuracy_vs_params.png", "accuracy_vs_time.png", "validation_curves.png", "param_importances.png",
@@ -23,12 +25,21 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def reported(swept, tmp_path_factory):
-    """A report written through the CLI, on a private copy of the swept store."""
+    """A report written through the CLI, on a private copy of the swept store with a 'helps' verdict and
+    a trial that is the best on test accuracy but not on validation accuracy."""
     store = copy_store(swept, tmp_path_factory.mktemp("report"))
+    add_test_best_trial(store)
+    log_verdict(store, "helps", HELPS)
     out = store.root.parent / "out"
     result = CliRunner().invoke(app, ["report", store.study, "--out", str(out), *store.options])
     assert result.exit_code == 0, result.output
     return store, out, (out / "report.html").read_text(encoding="utf-8"), result.stdout
+
+
+def _trial_numbers(page: str, heading: str) -> list[int]:
+    """The trial numbers of the table that follows the heading starting with ``heading``."""
+    section = page.split(f"<h2>{heading}", 1)[1].split("</table>", 1)[0]
+    return [int(n) for n in re.findall(r"<tr><td>(\d+)</td>", section)]
 
 
 def test_report_writes_every_figure_as_png(reported):
@@ -54,6 +65,35 @@ def test_html_has_the_teacher_nokd_distilled_table_and_trial_tables(reported):
         assert text in page, text
 
 
+def test_html_shows_the_verdict_with_its_interval_and_pairs(reported):
+    store, _, page, _ = reported
+    line = verdict_line(comparison(store.study, store=store.root))
+    assert line.startswith("KD verdict: helps — gain +0.082 (95% CI +0.051 to +0.113, 3 paired seeds)")
+    assert f"<strong>{html.escape(line)}</strong>" in page
+    assert "<td>+0.082 (95% CI +0.051 to +0.113, 3 paired seeds)</td>" in page  # the distilled row's gain
+    assert "<td>0.6620</td>" in page and "<td>0.7440</td>" in page  # no-KD and distilled means
+
+
+def test_report_fronts_and_top_trials_are_chosen_on_validation(reported):
+    store, _, page, _ = reported
+    frame = trials(store.study, store=store.root)
+    complete = frame[frame["state"] == "COMPLETE"]
+    test_best = int(frame.loc[frame["test_acc"].idxmax(), "number"])
+    top = _trial_numbers(page, "Top ")
+    assert top[0] == complete.sort_values("best_val_acc", ascending=False, kind="stable")["number"].iloc[0]
+    assert top[0] != test_best
+    assert sorted(_trial_numbers(page, "Pareto-optimal")) == sorted(pareto(frame)["number"])
+    assert test_best not in _trial_numbers(page, "Pareto-optimal")
+
+
+def test_an_incomplete_verdict_shows_its_reason_and_no_gain(swept, tmp_path):
+    store = copy_store(swept, tmp_path)
+    stale_then_incomplete(store, "repeat 3 of the no-KD arm was cut by the deadline")
+    page = write_report(store.study, tmp_path / "out", store=store.root, log_to_mlflow=False).read_text("utf-8")
+    assert "KD verdict: incomplete (repeat 3 of the no-KD arm was cut by the deadline)" in page
+    assert "student without KD" not in page and "+0.082" not in page and "No KD gain" in page
+
+
 def test_cli_prints_where_the_report_is(reported):
     _, out, _, stdout = reported
     assert str(out / "report.html") in stdout
@@ -74,6 +114,9 @@ def test_report_refreshes_the_pareto_tags(reported):
     experiment = client.get_experiment_by_name(store.study)
     trial_runs = client.search_runs([experiment.experiment_id], "tags.`kdsweep.kind` = 'trial'")
     assert {r.data.tags.get("pareto") for r in trial_runs} == {"true", "false"}
+    front = sorted(pareto(trials(store.study, store=store.root))["number"])
+    tagged = [int(r.data.tags["optuna.trial_number"]) for r in trial_runs if r.data.tags["pareto"] == "true"]
+    assert sorted(tagged) == front
 
 
 def test_a_study_with_one_trial_gets_notes_instead_of_figures(swept, tmp_path):

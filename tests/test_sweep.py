@@ -4,7 +4,8 @@ Each sweep runs the CLI in a subprocess, in its own copy of one prepared store (
 ``_sweep_helpers.sweep_template``); the tests then check the study and the MLflow experiment it
 leaves behind against the spec: one parent run, one child run per trial with matching states and
 links, per-epoch metrics and a checkpoint per child, the budget, resume, pruning, parallel
-workers, presets, the no-KD baseline, and the shipped sweep files.
+workers, presets with all their settings, the KD verdict's paired repeats, and the shipped sweep
+files. (The verdict's maths and its cut cases: tests/test_verdict.py.)
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ from _sweep_helpers import (
 )
 
 from kdcore import PRESETS
+from sweeps.search.overrides import STUDY_SETTINGS
 from sweeps.search.space import SearchSpace
+from sweeps.verdict import VERDICTS
+from sweeps.verdict.repeats import FINISHED
 
 
 def within_budget(run: CliRun, budget_s: float) -> bool:
@@ -94,28 +98,111 @@ def test_median_pruner_prunes_trials_and_keeps_their_metrics_and_checkpoint(fini
         assert has_checkpoint(client, run.info.run_id)
 
 
-def test_sweep_ends_with_a_no_kd_baseline_and_the_comparison_on_the_parent(finished):
+def test_a_budgeted_sweep_ends_with_a_verdict_that_never_rests_on_cut_runs(finished):
+    # The default 3 repeats within a 30 s budget: the verdict is a word, and a gain is logged only
+    # when all 3 pairs finished; every repeat run tagged COMPLETE stopped by its own rule.
     runs = sweep_runs(finished.store, "s")
-    metrics = runs.parent.data.metrics
-    for name in ("teacher_test_acc", "distilled_test_acc", "nokd_test_acc", "kd_gain", "retention"):
-        assert name in metrics, f"parent run lacks metric {name}"
+    tags, metrics = runs.parent.data.tags, runs.parent.data.metrics
+    assert tags["kd_verdict"] in VERDICTS
+    if tags["kd_verdict"] == "incomplete":
+        assert "kd_gain" not in metrics and tags["kd_verdict_reason"]
+    else:
+        assert metrics["kd_repeats"] == 3 and len(runs.repeats) == 6
+    for run in runs.repeats:
+        assert run.data.tags["state"] in ("COMPLETE", "CUT")
+        assert (run.data.tags["state"] == "COMPLETE") == (run.data.tags["stop_reason"] in FINISHED)
+
+
+# --------------------------------------------------------------------------------------------
+# The KD verdict: --n-trials 3 --repeats 2, with time to spare
+# --------------------------------------------------------------------------------------------
+
+PARENT_VERDICT_METRICS = ("kd_gain", "kd_gain_ci95_low", "kd_gain_ci95_high", "kd_repeats", "distilled_test_acc",
+                          "nokd_test_acc", "retention", "teacher_test_acc", "best_trial", "distilled_val_acc",
+                          "nokd_val_acc")
+
+
+@pytest.fixture(scope="module")
+def verdict(tmp_path_factory, sweep_template) -> Sweep:
+    root = tmp_path_factory.mktemp("verdict")
+    store = copy_store(sweep_template, root / "store")
+    run = run_cli("run", "--task", "digits", "--n-trials", "3", "--repeats", "2", "--budget", "90s",
+                  "--store", str(store), "--study", "v", cwd=root)
+    return Sweep(store, "v", run)
+
+
+def test_verdict_sweep_logs_every_verdict_metric_and_tag_on_the_parent(verdict):
+    assert verdict.run.returncode == 0, verdict.run.explain()
+    study, runs = check_sweep_invariants(verdict.store, "v")
+    metrics, tags = runs.parent.data.metrics, runs.parent.data.tags
+    assert [name for name in PARENT_VERDICT_METRICS if name not in metrics] == []
+    assert tags["kd_verdict"] in ("helps", "hurts", "no_difference"), tags.get("kd_verdict_reason")
+    assert tags["kd_verdict_reason"] == ""
+    assert tags["kd_verdict_trial"] == str(study.best_trial.number) == str(int(metrics["best_trial"]))
+    assert metrics["kd_repeats"] == 2
+    assert metrics["kd_gain_ci95_low"] <= metrics["kd_gain"] <= metrics["kd_gain_ci95_high"]
     assert metrics["kd_gain"] == pytest.approx(metrics["distilled_test_acc"] - metrics["nokd_test_acc"])
     assert metrics["retention"] == pytest.approx(metrics["distilled_test_acc"] / metrics["teacher_test_acc"])
-    [baseline] = runs.baselines
-    assert baseline.info.run_name == "baseline-no-kd"
-    assert baseline.data.tags["kdsweep.kind"] == "baseline"
-    assert float(baseline.data.params["alpha"]) == 0.0
-    assert baseline.info.status == "FINISHED"
-    assert baseline.data.metrics["test_acc"] == pytest.approx(metrics["nokd_test_acc"])
 
 
-def test_the_baseline_reuses_the_best_trials_settings(finished):
-    study = load_study(finished.store, "s")
-    [baseline] = sweep_runs(finished.store, "s").baselines
-    best = study.best_trial
-    assert baseline.data.tags["kdsweep.baseline_of_trial"] == str(best.number)
-    for name, value in best.params.items():
-        assert float(baseline.data.params[name]) == pytest.approx(0.0 if name == "alpha" else value)
+def test_verdict_numbers_are_the_means_and_paired_interval_of_the_repeat_runs(verdict):
+    from sweeps.verdict import paired_interval, verdict_word
+
+    runs = sweep_runs(verdict.store, "v")
+    by_arm = {arm: sorted((int(r.data.tags["kdsweep.repeat"]), r.data.metrics["test_acc"]) for r in runs.repeats
+                          if r.data.tags["kdsweep.arm"] == arm) for arm in ("kd", "nokd")}
+    kd, nokd = [acc for _, acc in by_arm["kd"]], [acc for _, acc in by_arm["nokd"]]
+    interval = paired_interval(kd, nokd)
+    metrics = runs.parent.data.metrics
+    assert (metrics["kd_gain_ci95_low"], metrics["kd_gain_ci95_high"]) == pytest.approx((interval.low, interval.high))
+    assert metrics["distilled_test_acc"] == pytest.approx(sum(kd) / 2)
+    assert metrics["nokd_test_acc"] == pytest.approx(sum(nokd) / 2)
+    assert runs.parent.data.tags["kd_verdict"] == verdict_word(interval)
+
+
+def test_verdict_trains_two_runs_per_pair_outside_the_trials(verdict):
+    runs = sweep_runs(verdict.store, "v")
+    parent = runs.parent.info.run_id
+    assert sorted(r.info.run_name for r in runs.repeats) == ["repeat-1-kd", "repeat-1-nokd", "repeat-2-kd",
+                                                             "repeat-2-nokd"]
+    best = runs.parent.data.tags["kd_verdict_trial"]
+    for run in runs.repeats:
+        tags = run.data.tags
+        assert "mlflow.parentRunId" not in tags, "child runs are trials only"
+        assert (tags["kdsweep.kind"], tags["optuna.study"], tags["kdsweep.study_run_id"]) == ("repeat", "v", parent)
+        assert tags["kdsweep.repeat_of_trial"] == best
+        assert run.info.run_name == f"repeat-{tags['kdsweep.repeat']}-{tags['kdsweep.arm']}"
+        assert tags["state"] == "COMPLETE" and tags["stop_reason"] in FINISHED
+        assert run.info.status == "FINISHED"
+
+
+def test_pair_i_shares_seed_base_plus_i_and_the_twin_drops_only_distillation(verdict):
+    study = load_study(verdict.store, "v")
+    runs = sweep_runs(verdict.store, "v")
+    trial_params = runs.children[study.best_trial.number].data.params
+    for run in runs.repeats:
+        params, tags = run.data.params, run.data.tags
+        assert int(params["seed"]) == int(trial_params["seed"]) + int(tags["kdsweep.repeat"])
+        twin = {"alpha": "0.0", "transfer_ratio": "0.0"} if tags["kdsweep.arm"] == "nokd" else {}
+        assert params == {**trial_params, "seed": params["seed"], **twin}
+
+
+def test_verdict_is_logged_as_comparison_json_and_printed(verdict):
+    import json
+
+    client = mlflow_client(verdict.store)
+    parent = sweep_runs(verdict.store, "v").parent
+    path = client.download_artifacts(parent.info.run_id, "comparison.json", str(verdict.store.parent))
+    logged = json.loads(Path(path).read_text())
+    assert logged["kd_verdict"] == parent.data.tags["kd_verdict"]
+    assert logged["kd_gain"] == pytest.approx(parent.data.metrics["kd_gain"])
+    # Arms alternate: KD first in pair 1, no-KD first in pair 2.
+    assert [(r["repeat"], r["arm"]) for r in logged["runs"]] == [(1, "kd"), (1, "nokd"), (2, "nokd"), (2, "kd")]
+    # The same line as `kdsweep best` and the report print (sweeps.verdict_line).
+    line = next(line for line in verdict.run.stdout.splitlines() if line.startswith("KD verdict:"))
+    assert line.startswith(f"KD verdict: {logged['kd_verdict']} — gain {logged['kd_gain']:+.3f} (95% CI ")
+    assert f", 2 paired seeds) for trial {logged['kd_verdict_trial']}; distilled " in line
+    assert "--sort -best_val_acc" in verdict.run.stdout and "--sort -test_acc" not in verdict.run.stdout
 
 
 def test_a_study_resumes_only_with_the_same_search_space(finished, tmp_path):
@@ -196,37 +283,101 @@ def test_jobs_2_runs_trials_in_two_worker_processes(parallel):
 def test_jobs_2_keeps_the_parent_child_invariants(parallel):
     study, runs = check_sweep_invariants(parallel.store, "par")
     assert len(started_trials(study)) >= 2
-    assert runs.baselines and runs.baselines[0].info.status == "FINISHED"
+    assert runs.parent.data.tags["kd_verdict"] in VERDICTS
+    assert {r.info.status for r in runs.repeats} <= {"FINISHED"}
 
 
 # --------------------------------------------------------------------------------------------
 # Presets, a fresh store, sweep files
 # --------------------------------------------------------------------------------------------
 
-def preset_trials_in(space: SearchSpace) -> list[tuple[str, dict]]:
-    """The presets --enqueue-presets should put first, with their values inside the space."""
-    expected = []
-    for name, values in PRESETS.items():
-        params = {k: v for k, v in values.items() if k in space.dimensions and space.dimensions[k].contains(v)}
-        if params:
-            expected.append((name, params))
-    return expected
+PRESET_SWEEP = {"space": {"temperature": {"low": 1.0, "high": 10.0, "log": True}, "alpha": {"low": 0.0, "high": 1.0},
+                          "ratio": [0.125, 0.25, 0.5], "lr": {"low": 1e-4, "high": 3e-2, "log": True}},
+                "train": {"epochs": 6, "patience": 3, "data_fraction": 0.5}}
 
 
-def test_enqueue_presets_runs_the_named_presets_first(tmp_path, sweep_template):
-    store = copy_store(sweep_template, tmp_path / "store")
-    sweep = write_sweep_file(tmp_path / "short.yaml", {"train": {"epochs": 6}})
-    expected = preset_trials_in(SearchSpace.parse(None, {"epochs": 6}))
-    assert len(expected) >= 3
+@pytest.fixture(scope="module")
+def presets(tmp_path_factory, sweep_template) -> Sweep:
+    """Every preset enqueued and run (no verdict: --repeats 0)."""
+    root = tmp_path_factory.mktemp("presets")
+    store = copy_store(sweep_template, root / "store")
+    sweep = write_sweep_file(root / "presets.yaml", PRESET_SWEEP)
     run = run_cli("run", "--task", "digits", "--config", str(sweep), "--enqueue-presets", "--n-trials",
-                  str(len(expected)), "--budget", "60s", "--store", str(store), "--study", "presets", cwd=tmp_path)
-    assert run.returncode == 0, run.explain()
-    study, _ = check_sweep_invariants(store, "presets")
+                  str(len(PRESETS)), "--repeats", "0", "--budget", "120s", "--store", str(store), "--study", "presets",
+                  cwd=root)
+    return Sweep(store, "presets", run)
+
+
+def test_enqueue_presets_runs_every_named_preset_first(presets):
+    assert presets.run.returncode == 0, presets.run.explain()
+    study, runs = check_sweep_invariants(presets.store, "presets")
     trials = started_trials(study)
-    assert len(trials) == len(expected)
-    for trial, (name, params) in zip(trials, expected):
-        assert trial.user_attrs.get("kdsweep.preset") == name
-        assert {k: trial.params[k] for k in params} == pytest.approx(params)
+    assert [t.user_attrs.get("kdsweep.preset") for t in trials] == list(PRESETS)
+    assert [runs.children[t.number].data.tags.get("kdsweep.preset") for t in trials] == list(PRESETS)
+
+
+def test_a_preset_trains_with_all_its_settings_but_the_studys_labels(presets):
+    study, runs = load_study(presets.store, "presets"), sweep_runs(presets.store, "presets")
+    for trial in started_trials(study):
+        name = trial.user_attrs["kdsweep.preset"]
+        params = runs.children[trial.number].data.params
+        for key, value in PRESETS[name].items():
+            expected = PRESET_SWEEP["train"][key] if key in STUDY_SETTINGS else value
+            assert params[key] == str(expected), f"preset {name}: {key}={params[key]}"
+        assert params["data_fraction"] == "0.5", f"preset {name} changed the study's labelled subset"
+    balanced = runs.children[next(t.number for t in started_trials(study)
+                                  if t.user_attrs["kdsweep.preset"] == "balanced")].data.params
+    assert (balanced["epochs"], balanced["batch_size"], balanced["grad_accum_steps"]) == ("50", "32", "2")
+
+
+def test_a_preset_value_outside_the_space_is_trained_but_not_recorded_as_a_searched_value(presets):
+    # ratio 0.6 (quick) is not one of the space's choices: it is an override, so Optuna's
+    # params (what the sampler learns from) hold no ratio for that trial; 0.5 (balanced) is.
+    study, runs = load_study(presets.store, "presets"), sweep_runs(presets.store, "presets")
+    by_name = {t.user_attrs["kdsweep.preset"]: t for t in started_trials(study)}
+    assert "ratio" not in by_name["quick"].params
+    assert runs.children[by_name["quick"].number].data.params["ratio"] == "0.6"
+    assert by_name["balanced"].params["ratio"] == 0.5
+    assert by_name["quick"].params["temperature"] == pytest.approx(4.0)
+
+
+def test_trial_config_is_fixed_then_searched_values_then_overrides():
+    import optuna
+
+    from sweeps.search.overrides import OVERRIDES_ATTR, trial_config
+
+    space = SearchSpace.parse({"lr": {"low": 1e-3, "high": 1e-2}}, {"epochs": 6, "batch_size": 64})
+    trial = optuna.trial.create_trial(params={"lr": 2e-3}, value=0.5,
+                                      distributions={"lr": optuna.distributions.FloatDistribution(1e-3, 1e-2)},
+                                      user_attrs={OVERRIDES_ATTR: {"batch_size": 16, "ratio": 0.6}})
+    config = trial_config(space, trial)
+    assert (config.epochs, config.batch_size, config.lr, config.ratio) == (6, 16, 2e-3, 0.6)
+
+
+def test_presets_keep_out_of_the_studys_problem_settings():
+    from sweeps.search.overrides import STUDY_SETTINGS, preset_trials
+
+    entries = preset_trials(SearchSpace.parse(None, {"data_fraction": 0.3}))
+    assert [name for name, _, _ in entries] == list(PRESETS)
+    for name, params, overrides in entries:
+        assert not set(STUDY_SETTINGS) & (set(params) | set(overrides)), name
+        assert {**params, **overrides} == {k: v for k, v in PRESETS[name].items() if k not in STUDY_SETTINGS}
+
+
+def test_a_reaped_preset_trial_is_re_enqueued_with_its_overrides():
+    import optuna
+
+    from sweeps.search.leases import LEASE_ATTR, reap_stale_trials
+    from sweeps.search.overrides import OVERRIDES_ATTR, PRESET_ATTR
+
+    study = optuna.create_study()
+    study.enqueue_trial({"lr": 1e-3}, user_attrs={PRESET_ATTR: "fast", OVERRIDES_ATTR: {"epochs": 20}})
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-4, 1e-2)
+    trial.set_user_attr(LEASE_ATTR, {"host": "elsewhere", "pid": 1, "heartbeat": 0.0})  # long silent
+    assert reap_stale_trials(study, None) == [trial.number]
+    [again] = [t for t in study.trials if t.state.name == "WAITING"]
+    assert again.user_attrs[OVERRIDES_ATTR] == {"epochs": 20} and again.user_attrs[PRESET_ATTR] == "fast"
 
 
 @dataclass
@@ -245,7 +396,7 @@ def leftovers(tmp_path_factory) -> TwoInvocations:
     store = root / "new" / "store"
     sweep = write_sweep_file(root / "short.yaml", {"train": {"epochs": 4}})
     args = ("run", "--task", "digits", "--config", str(sweep), "--budget", "45s", "--store", str(store),
-            "--study", "leftovers")
+            "--study", "leftovers", "--repeats", "0")
     first = run_cli(*args, "--enqueue-presets", "--n-trials", "2", cwd=root)
     if first.returncode != 0:
         return TwoInvocations(store, first, 0, first)
@@ -258,6 +409,14 @@ def test_sweep_creates_a_missing_store_folder(leftovers):
     assert (leftovers.store / "optuna.journal").is_file() and (leftovers.store / "mlflow.db").is_file()
     assert leftovers.started_after_first == 2
     check_sweep_invariants(leftovers.store, "leftovers")
+
+
+def test_repeats_0_skips_the_verdict_and_says_so(leftovers):
+    assert leftovers.first.returncode == 0, leftovers.first.explain()
+    runs = sweep_runs(leftovers.store, "leftovers")
+    assert runs.repeats == []
+    assert "kd_verdict" not in runs.parent.data.tags and "kd_gain" not in runs.parent.data.metrics
+    assert "KD verdict: skipped (--repeats 0)" in leftovers.first.stdout
 
 
 def test_n_trials_counts_trials_enqueued_by_an_earlier_invocation(leftovers):

@@ -3,7 +3,9 @@
 Each scenario starts the real CLI in the background on ``digits`` with slow trials (batch 8,
 40 epochs: ~0.25 s an epoch), watches the Optuna journal until a trial is mid-training, signals
 the process, then checks what the study and MLflow hold, and what a second invocation of the
-same study does with the trial that was cut short.
+same study does with the trial that was cut short. The second invocations pass ``--repeats 0``:
+with 10 s trials, the KD verdict's repeats would take the whole of their 12 s budget. One
+scenario sends Ctrl-C while the verdict's repeats train.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from _sweep_helpers import (
     check_sweep_invariants,
     copy_store,
     load_study,
+    mlflow_client,
     run_cli,
     started_trials,
     sweep_runs,
@@ -94,7 +97,8 @@ def killed(tmp_path_factory, sweep_template) -> Killed:
         process.wait(timeout=30)
     finally:
         process.stop()
-    rerun = run_cli(*sweep_args(store, root / "slow.yaml", "crash", "--budget", "12s", "--n-trials", "1"), cwd=root)
+    rerun = run_cli(*sweep_args(store, root / "slow.yaml", "crash", "--budget", "12s", "--n-trials", "1",
+                                "--repeats", "0"), cwd=root)
     return Killed(store, number, rerun)
 
 
@@ -152,6 +156,7 @@ class Interrupted:
     parent_status: str
     running_trials: list[int]
     running_runs: dict[str, str]
+    verdict: tuple[str | None, str | None, bool]  # the parent's kd_verdict, its reason, whether kd_gain is logged
     started_before: set[int] = field(default_factory=set)
     rerun: CliRun | None = None
 
@@ -176,9 +181,11 @@ def interrupted(tmp_path_factory, sweep_template) -> Interrupted:
         store, number, returncode, exit_s, process.output(), trial.state.name, trial.user_attrs.get("stop_reason"),
         child.info.status, child.data.tags.get("state"), runs.parent.info.status,
         running_trials(store, "ctrlc"), {k: s for k, s in statuses(store, "ctrlc").items() if s == "RUNNING"},
+        (runs.parent.data.tags.get("kd_verdict"), runs.parent.data.tags.get("kd_verdict_reason"),
+         "kd_gain" in runs.parent.data.metrics),
         {t.number for t in started_trials(study)})
-    facts.rerun = run_cli(*sweep_args(store, root / "slow.yaml", "ctrlc", "--budget", "12s", "--n-trials", "1"),
-                          cwd=root)
+    facts.rerun = run_cli(*sweep_args(store, root / "slow.yaml", "ctrlc", "--budget", "12s", "--n-trials", "1",
+                                      "--repeats", "0"), cwd=root)
     return facts
 
 
@@ -198,6 +205,13 @@ def test_ctrl_c_closes_the_parent_run_and_leaves_nothing_running(interrupted):
     assert interrupted.parent_status in ("KILLED", "FINISHED")
     assert interrupted.running_trials == []
     assert interrupted.running_runs == {}
+
+
+def test_ctrl_c_during_the_trials_gives_an_incomplete_verdict_without_gain(interrupted):
+    word, reason, has_gain = interrupted.verdict
+    assert word == "incomplete"
+    assert "interrupted (Ctrl-C)" in reason
+    assert not has_gain
 
 
 def test_after_ctrl_c_the_next_invocation_resumes_the_interrupted_trial(interrupted):
@@ -244,3 +258,47 @@ def test_second_ctrl_c_aborts_quickly_and_leaves_nothing_running(jobs, tmp_path,
     assert running_trials(store, "abort") == []
     assert {name: s for name, s in statuses(store, "abort").items() if s == "RUNNING"} == {}
     assert load_study(store, "abort").trials[number].state.name == "FAIL"
+
+
+# --------------------------------------------------------------------------------------------
+# Ctrl-C while the KD verdict's repeats train
+# --------------------------------------------------------------------------------------------
+
+def repeat_in_training(store: Path, study: str):
+    """A ``wait_until`` condition: a repeat run is RUNNING and has logged an epoch."""
+
+    def check():
+        if not (store / "mlflow.db").exists():
+            return None
+        try:
+            runs = sweep_runs(store, study)
+        except AssertionError:  # no parent run yet
+            return None
+        client = mlflow_client(store)
+        return [r.info.run_name for r in runs.repeats if r.info.status == "RUNNING"
+                and client.get_metric_history(r.info.run_id, "val_acc")]
+
+    return check
+
+
+def test_ctrl_c_during_the_repeats_cuts_the_pair_and_the_verdict_is_incomplete(tmp_path, sweep_template):
+    store = copy_store(sweep_template, tmp_path / "store")
+    sweep = write_sweep_file(tmp_path / "slow.yaml", SLOW_TRIALS)
+    process = Background(*sweep_args(store, sweep, "rep", "--budget", "120s", "--n-trials", "1", "--repeats", "2"),
+                         cwd=tmp_path)
+    try:
+        [name] = wait_until(repeat_in_training(store, "rep"), timeout=90, process=process,
+                            what="a repeat run is training")
+        process.signal(signal.SIGINT)
+        returncode = process.wait(timeout=60)
+    finally:
+        process.stop()
+    assert returncode == 130, process.output()
+    runs = sweep_runs(store, "rep")
+    assert runs.parent.data.tags["kd_verdict"] == "incomplete"
+    assert "interrupted (Ctrl-C) after 0 of 2 pairs" in runs.parent.data.tags["kd_verdict_reason"]
+    assert "kd_gain" not in runs.parent.data.metrics
+    cut = next(r for r in runs.repeats if r.info.run_name == name)
+    assert (cut.data.tags["state"], cut.data.tags["stop_reason"], cut.info.status) == ("CUT", "interrupted", "KILLED")
+    assert [r.info.run_name for r in runs.repeats if r.data.tags["state"] == "COMPLETE"] == []
+    assert "KD verdict: incomplete (interrupted (Ctrl-C) after 0 of 2 pairs" in process.output()

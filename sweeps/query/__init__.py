@@ -1,1 +1,1 @@
-"""Reading studies back: trials as pandas frames, best, Pareto front, studies, comparisons, `--where`."""
+"""Reading studies back: trials as pandas frames, best, Pareto front (chosen on validation), studies, the KD verdict, `--where`."""

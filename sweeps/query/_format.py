@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-_FOUR_DECIMALS = ("acc", "retention", "kd_gain")
+_FOUR_DECIMALS = ("acc", "retention")
+_COUNTS = ("epochs_run", "number", "best_trial", "kd_repeats")
 _TWO_DECIMALS = ("_s",)
 
 
 def cell(column: str, value: Any) -> str:
-    """``value`` of ``column`` as short text: accuracies with 4 decimals, seconds with 2 (ms under 1 s
-    for epoch times), integers whole, other floats with 4 significant digits; missing is empty."""
+    """``value`` of ``column`` as short text: accuracies with 4 decimals, KD gains signed, seconds with 2
+    (3 decimals under 1 s), integers whole, other floats with 4 significant digits; missing is empty."""
     import numpy as np
     import pandas as pd
 
@@ -25,9 +26,9 @@ def cell(column: str, value: Any) -> str:
         value = float(value)
         if math.isnan(value):
             return ""
-        if value.is_integer() and ("params" in column or "bytes" in column or column in ("epochs_run", "number")):
+        if value.is_integer() and ("params" in column or "bytes" in column or column in _COUNTS):
             return f"{int(value)}"
-        if column == "kd_gain":
+        if column.startswith("kd_gain"):  # the gain and its interval bounds
             return f"{value:+.4f}"
         if any(key in column for key in _FOUR_DECIMALS):
             return f"{value:.4f}"

@@ -43,7 +43,7 @@ class ExperimentRuns:
     runs: dict[str, RunRecord] = field(default_factory=dict)
 
     def of_kind(self, kind: str) -> list[RunRecord]:
-        """Runs tagged ``kdsweep.kind = kind`` (study, trial, baseline), oldest first."""
+        """Runs tagged ``kdsweep.kind = kind`` (study, trial, repeat), oldest first."""
         found = [r for r in self.runs.values() if r.tags.get("kdsweep.kind") == kind]
         return sorted(found, key=lambda r: r.start_time)
 

@@ -3,8 +3,14 @@ front, a trial's student rebuilt for inference, and the ``pareto`` tag that lets
 filter the Pareto-optimal trial runs. (Studies at a glance and side by side: ``sweeps.query.summary``.)
 
 Trials are read from the Optuna storage, whose user attrs carry every number a trial reports;
-the study's MLflow runs are joined in bulk (``sweeps.query._runs``) for the run status, the no-KD
-baseline (``kd_gain``) and any number a trial logged to MLflow but not to Optuna.
+the study's MLflow runs are joined in bulk (``sweeps.query._runs``) for the run status and any
+number a trial logged to MLflow but not to Optuna.
+
+Selection is on validation only: ``best`` and ``pareto`` (hence the ``pareto`` column and tags)
+rank by ``best_val_acc`` unless told otherwise. ``test_acc`` is the held-out estimate of the
+chosen trial; choosing by it would make it an optimistic one. A trial row carries no KD gain:
+whether distillation pays is the study's verdict (``sweeps.query.summary.comparison``), measured
+on paired repeats of one configuration, not against another trial.
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ if TYPE_CHECKING:
     from torch import nn
 
 PARETO_TAG = "pareto"
-DEFAULT_MAXIMIZE = ("test_acc",)
+# Selection uses validation accuracy only; test accuracy is the held-out estimate of what was chosen.
+SELECTION_METRIC = "best_val_acc"
+DEFAULT_MAXIMIZE = (SELECTION_METRIC,)
 DEFAULT_MINIMIZE = ("student_params", "train_time_s")
 
 # Numbers a trial stores as Optuna user attrs, with their column dtype ("Int64": integers that
@@ -84,8 +92,8 @@ class Sources:
 
 def trials(study: str, *, storage: str | None = None, tracking_uri: str | None = None,
            store: str | Path | None = None) -> pd.DataFrame:
-    """One row per trial of ``study``: searched params, state, stop_reason, accuracies, retention,
-    kd_gain (for the trial a no-KD baseline was trained for), size, cost, ``pareto``, the MLflow
+    """One row per trial of ``study``: searched params, state, stop_reason, best_val_acc (what
+    selection uses), test_acc (the held-out estimate), retention, size, cost, ``pareto``, the MLflow
     run id and the checkpoint URI. Numbers are numbers: floats, and ``Int64`` for counts.
     """
     sources = Sources.resolve(storage, tracking_uri, store)
@@ -100,8 +108,6 @@ def trial_frame(study: optuna.Study, runs: ExperimentRuns) -> pd.DataFrame:
     param_dtypes = _param_dtypes(frozen)
     by_number = {int(r.tags["optuna.trial_number"]): r for r in runs.of_kind("trial")
                  if r.tags.get("optuna.trial_number", "").isdigit()}
-    nokd = {int(r.tags["kdsweep.baseline_of_trial"]): r.metrics.get("test_acc") for r in runs.of_kind("baseline")
-            if r.tags.get("kdsweep.baseline_of_trial", "").isdigit()}
     rows = []
     for t in frozen:
         attrs = t.user_attrs
@@ -112,8 +118,6 @@ def trial_frame(study: optuna.Study, runs: ExperimentRuns) -> pd.DataFrame:
         row.update({name: attrs.get(name, logged.get(name) if name in _FROM_MLFLOW else None) for name in _ATTR_DTYPES})
         if row["best_val_acc"] is None and t.value is not None:  # a COMPLETE trial's value is its best val_acc
             row["best_val_acc"] = t.value
-        baseline = nokd.get(t.number)
-        row["kd_gain"] = row["test_acc"] - baseline if baseline is not None and row["test_acc"] is not None else None
         end = t.datetime_complete
         row.update(stop_reason=attrs.get("stop_reason") or (run.tags.get("stop_reason") if run else None),
                    run_status=run.status if run else None, started=t.datetime_start,
@@ -122,11 +126,10 @@ def trial_frame(study: optuna.Study, runs: ExperimentRuns) -> pd.DataFrame:
                    checkpoint_uri=attrs.get("checkpoint_uri"))
         rows.append(row)
 
-    columns = ["number", "state", *param_dtypes, "best_val_acc", "test_acc", "retention", "kd_gain",
-               *[c for c in _ATTR_DTYPES if c not in ("best_val_acc", "test_acc", "retention")],
+    columns = ["number", "state", *param_dtypes, *_ATTR_DTYPES,
                "stop_reason", "pareto", "run_status", "started", "duration_s", "mlflow_run_id", "checkpoint_uri"]
     frame = pd.DataFrame(rows, columns=[c for c in columns if c != "pareto"])
-    dtypes = {"number": "int64", **param_dtypes, **_ATTR_DTYPES, "kd_gain": "float64", "duration_s": "float64",
+    dtypes = {"number": "int64", **param_dtypes, **_ATTR_DTYPES, "duration_s": "float64",
               **{c: "string" for c in _STRING_COLUMNS}}
     frame = frame.astype(dtypes)
     frame["started"] = pd.to_datetime(frame["started"])
@@ -162,12 +165,15 @@ def where(frame: pd.DataFrame, expression: str | None) -> pd.DataFrame:
     return _where.where(frame, expression)
 
 
-def best(study: str | pd.DataFrame, metric: str = "test_acc", where: str | None = None, *,
+def best(study: str | pd.DataFrame, metric: str = SELECTION_METRIC, where: str | None = None, *,
          direction: str | None = None, storage: str | None = None, tracking_uri: str | None = None,
          store: str | Path | None = None) -> pd.Series:
     """The COMPLETE trial with the highest ``metric`` (lowest for a cost such as train_time_s), among
     those matching ``where``. ``study`` is a study name or a ``trials`` frame. Ties go to the
     earliest trial.
+
+    The default, ``best_val_acc``, keeps the row's ``test_acc`` an honest held-out estimate;
+    ``metric="test_acc"`` is allowed, but then the test accuracy it reports was chosen on test.
     """
     import pandas as pd
 
@@ -198,7 +204,8 @@ def _is_number(column: pd.Series) -> bool:
 def pareto(df: pd.DataFrame, maximize: tuple[str, ...] | list[str] = DEFAULT_MAXIMIZE,
            minimize: tuple[str, ...] | list[str] = DEFAULT_MINIMIZE, *,
            states: tuple[str, ...] | None = ("COMPLETE",)) -> pd.DataFrame:
-    """The rows of ``df`` no other row beats on every objective (and strictly on one).
+    """The rows of ``df`` no other row beats on every objective (and strictly on one); by default
+    max best_val_acc (selection on validation only), min student_params and train_time_s.
 
     Only rows in ``states`` count when ``df`` has a ``state`` column (pass ``states=None`` for
     all rows); rows missing an objective are left out.
@@ -274,7 +281,7 @@ def update_pareto_tags(study: str | optuna.Study, *, client: MlflowClient | None
                        storage: str | None = None, tracking_uri: str | None = None,
                        store: str | Path | None = None) -> list[int]:
     """Tag each trial's MLflow run ``pareto=true`` if it is Pareto-optimal among the COMPLETE trials
-    (max test_acc, min student_params and train_time_s), ``pareto=false`` otherwise; RUNNING
+    (max best_val_acc, min student_params and train_time_s), ``pareto=false`` otherwise; RUNNING
     trials are left alone. Writes only the tags that change. Returns the Pareto-optimal trial numbers.
 
     From a sweep: ``update_pareto_tags(study, client=client)`` with the open ``optuna.Study`` and

@@ -25,7 +25,6 @@ _SIZE = (7.5, 4.6)
 _PRUNED = "#9a9a9a"
 _FRONT = "#d62728"
 _TEACHER = "#1f77b4"
-_BASELINE = "#2ca02c"
 _SHORT = {"temperature": "T", "alpha": "α", "ratio": "ratio", "lr": "lr"}
 
 
@@ -40,7 +39,6 @@ class Context:
     colour_by: str | None  # a searched param, or None when nothing was searched
     log_colour: bool
     teacher_test_acc: float | None
-    baseline: tuple[float, float, int] | None  # (student params, no-KD test accuracy, trial it copies)
 
 
 def _figure(size: tuple[float, float] = _SIZE) -> tuple[Figure, Axes]:
@@ -84,15 +82,17 @@ def _short(name: str) -> str:
     return _SHORT.get(name, name)
 
 
-def front_line(rows: pd.DataFrame, x: str, y: str = "test_acc") -> pd.DataFrame:
-    """The 2-D Pareto front of ``rows`` (maximise y, minimise x), sorted by x."""
+def front_line(rows: pd.DataFrame, x: str, by: str = "best_val_acc") -> pd.DataFrame:
+    """The 2-D Pareto front of ``rows`` (maximise ``by``, minimise x), sorted by x. ``by`` is validation
+    accuracy: a front chosen on test accuracy would flatter the test numbers the figure shows."""
     from sweeps.query.trials import pareto
 
-    return pareto(rows, maximize=(y,), minimize=(x,), states=None).sort_values(x)
+    return pareto(rows, maximize=(by,), minimize=(x,), states=None).sort_values(x)
 
 
 def plot_accuracy_vs_cost(frame: pd.DataFrame, context: Context, x: str, path: Path) -> Path:
-    """Test accuracy of every trial against one cost (student params, training time), the front marked."""
+    """Test accuracy (the held-out estimate) of every trial against one cost (student params, training
+    time), with the front chosen on validation accuracy marked."""
     from matplotlib.colors import LogNorm, Normalize
 
     complete = frame[(frame["state"] == "COMPLETE").to_numpy()].dropna(subset=[x, "test_acc"])
@@ -120,11 +120,13 @@ def plot_accuracy_vs_cost(frame: pd.DataFrame, context: Context, x: str, path: P
             _plain_log_ticks(bar.ax.yaxis)
     else:
         axes.scatter(complete[x], complete["test_acc"], s=40, label="complete trial", zorder=3)
-    front = front_line(complete, x)
-    axes.step(front[x], front["test_acc"], where="post", color=_FRONT, linewidth=1.2, zorder=2)
+    front = front_line(complete.dropna(subset=["best_val_acc"]), x)
+    # The front is chosen on validation and drawn at test height, so it need not rise monotonically:
+    # a plain line through it, not a staircase.
+    axes.plot(front[x], front["test_acc"], color=_FRONT, linewidth=1.0, alpha=0.7, zorder=2)
     axes.scatter(front[x], front["test_acc"], s=110, facecolors="none", edgecolors=_FRONT, linewidths=1.5,
-                 zorder=4, label=f"Pareto front ({len(front)} trial{'s' if len(front) != 1 else ''}: "
-                       "none is both cheaper and more accurate)")
+                 zorder=4, label=f"Pareto front, chosen on validation accuracy ({len(front)} "
+                       f"trial{'s' if len(front) != 1 else ''})")
     for _, row in front.iterrows():
         axes.annotate(f"#{int(row['number'])}", (row[x], row["test_acc"]), textcoords="offset points",
                       xytext=(6, -12), fontsize=8, color=_FRONT,
@@ -132,16 +134,12 @@ def plot_accuracy_vs_cost(frame: pd.DataFrame, context: Context, x: str, path: P
     if context.teacher_test_acc is not None:
         axes.axhline(context.teacher_test_acc, color=_TEACHER, linestyle="--", linewidth=1,
                      label=f"teacher ({context.teacher_test_acc:.4f})")
-    if context.baseline is not None and x == "student_params":
-        params, accuracy, trial = context.baseline
-        axes.scatter([params], [accuracy], marker="*", s=180, color=_BASELINE, edgecolors="black", linewidths=0.5,
-                     zorder=5, label=f"no-KD student: #{trial}'s settings, alpha=0 ({accuracy:.4f})")
     if x == "student_params":
         axes.set_xscale("log")
         _plain_log_ticks(axes.xaxis)
     axes.set_ylim(low, min(1.0, max(complete["test_acc"].max(), context.teacher_test_acc or 0)) + 0.01)
     axes.set_xlabel(label + (" (log scale)" if x == "student_params" else ""))
-    axes.set_ylabel("test accuracy")
+    axes.set_ylabel("test accuracy (held-out estimate)")
     axes.set_title(f"test accuracy vs {label.split(' (')[0]}")
     _legend_below(figure, axes)
     return _save(figure, path)
@@ -149,18 +147,18 @@ def plot_accuracy_vs_cost(frame: pd.DataFrame, context: Context, x: str, path: P
 
 def _accuracy_floor(complete: pd.DataFrame, context: Context) -> float:
     """The y-axis floor: just below the weakest complete trial, so far-off pruned ones don't squash the view."""
-    lows = [complete["test_acc"].min()] + ([context.baseline[1]] if context.baseline else [])
-    low = min(lows)
+    low = complete["test_acc"].min()
     top = max([complete["test_acc"].max(), context.teacher_test_acc or 0.0])
     return max(0.0, low - max(0.02, 0.15 * (top - low)))
 
 
 def plot_validation_curves(study: optuna.Study, frame: pd.DataFrame, path: Path, top: int = 5) -> Path:
-    """Per-epoch validation accuracy (the values the pruner saw) of the ``top`` trials by test accuracy."""
-    complete = frame[(frame["state"] == "COMPLETE").to_numpy()].dropna(subset=["test_acc"])
+    """Per-epoch validation accuracy (the values the pruner saw) of the ``top`` trials by best validation
+    accuracy (ties: the earlier trial)."""
+    complete = frame[(frame["state"] == "COMPLETE").to_numpy()].dropna(subset=["best_val_acc"])
     if complete.empty:
         raise Skipped("no COMPLETE trial yet")
-    leaders = complete.sort_values(["test_acc", "best_val_acc"], ascending=False, kind="stable").head(top)
+    leaders = complete.sort_values("best_val_acc", ascending=False, kind="stable").head(top)
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     params = [c for c in searched_params(study) if c in frame.columns]
     figure, axes = _figure()
@@ -171,12 +169,13 @@ def plot_validation_curves(study: optuna.Study, frame: pd.DataFrame, path: Path,
         epochs = sorted(values)
         setting = ", ".join(_format_param(p, row[p]) for p in params[:4])
         line, = axes.plot(epochs, [values[e] for e in epochs], linewidth=1.4,
-                          label=f"#{int(row['number'])}  test {row['test_acc']:.4f}  ({setting})")
+                          label=f"#{int(row['number'])}  val {row['best_val_acc']:.4f}  test {row['test_acc']:.4f}  "
+                                f"({setting})")
         best_epoch = max(epochs, key=lambda e: values[e])
         axes.scatter([best_epoch], [values[best_epoch]], color=line.get_color(), s=30, zorder=3)
     axes.set_xlabel("epoch")
     axes.set_ylabel("validation accuracy")
-    axes.set_title(f"validation accuracy per epoch, top {len(leaders)} trials by test accuracy (dot: best epoch)")
+    axes.set_title(f"validation accuracy per epoch, top {len(leaders)} trials by validation accuracy (dot: best epoch)")
     axes.title.set_fontsize(10)
     axes.legend(loc="lower right", fontsize=7.5, framealpha=0.9)
     return _save(figure, path)

@@ -1,10 +1,12 @@
 """``kdsweep report``: one self-contained HTML page (figures embedded) and its PNG files per study.
 
-The page: the teacher / no-KD student / distilled student table; accuracy against student size
-and against training time with the Pareto fronts; validation curves of the top trials; Optuna's
-parameter importances and parallel coordinates; epoch time by compression ratio; the Pareto and
-top trials. The same files are logged under ``report/`` of the study's parent MLflow run, and
-the trial runs' ``pareto`` tags are brought up to date.
+The page: the KD verdict (``sweeps.query.summary.verdict_line``) over the teacher / no-KD student /
+distilled student table (means over the paired repeats, the gain with its 95% interval); accuracy
+against student size and against training time with the Pareto fronts; validation curves of the
+top trials; Optuna's parameter importances and parallel coordinates; epoch time by compression
+ratio; the Pareto and top trials. Fronts and top trials are chosen on best_val_acc; test_acc is
+shown as the held-out estimate. The same files are logged under ``report/`` of the study's parent
+MLflow run, and the trial runs' ``pareto`` tags are brought up to date.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 from sweeps.report import _plots
 from sweeps.query._format import cell
 from sweeps.query._runs import ExperimentRuns, experiment_runs
-from sweeps.query.summary import study_comparison
-from sweeps.query.trials import Sources, pareto, trial_frame, update_pareto_tags
+from sweeps.query.summary import gain_interval, study_comparison, verdict_line
+from sweeps.query.trials import SELECTION_METRIC, Sources, pareto, trial_frame, update_pareto_tags
 
 if TYPE_CHECKING:
     import optuna
@@ -68,25 +70,27 @@ def write_report(study: str, out: str | Path | None = None, *, storage: str | No
     return page
 
 
-def _draw(study: optuna.Study, frame: pd.DataFrame, runs: ExperimentRuns, table: dict[str, float],
+def _draw(study: optuna.Study, frame: pd.DataFrame, runs: ExperimentRuns, table: dict[str, Any],
           folder: Path) -> list[Section]:
     colour, log_colour = _plots.colour_param(study, frame)
-    context = _plots.Context(colour, log_colour, _teacher_acc(runs, table), _baseline_point(runs))
+    context = _plots.Context(colour, log_colour, _teacher_acc(runs, table))
     colour_note = f" Colour: {colour}{' (log scale)' if log_colour else ''}." if colour else ""
     sections = [
         (Section("accuracy_vs_params.png", "Accuracy vs student size",
-                 "Each dot is one trial's distilled student on the test split. The red step line and rings "
-                 "mark the Pareto front: no other complete trial is both smaller and at least as accurate. "
-                 f"Grey crosses are pruned trials (stopped early, so under-trained).{colour_note} The dashed "
-                 "line is the teacher; the green star the same student trained without distillation."),
+                 "Each dot is one trial's distilled student on the test split (the held-out estimate). The red "
+                 "rings mark the Pareto front chosen on validation accuracy: no other complete trial is both "
+                 "smaller and at least as accurate on validation; their height is their test accuracy. Grey "
+                 f"crosses are pruned trials (stopped early, so under-trained).{colour_note} The dashed line is "
+                 "the teacher."),
          lambda p: _plots.plot_accuracy_vs_cost(frame, context, "student_params", p)),
         (Section("accuracy_vs_time.png", "Cost vs accuracy: training time",
                  "Test accuracy against the seconds each trial spent training (on this machine). Points on "
-                 f"the red front are the cheapest way found to reach their accuracy.{colour_note}"),
+                 "the red front (chosen on validation accuracy) are the cheapest way found to reach their "
+                 f"validation accuracy.{colour_note}"),
          lambda p: _plots.plot_accuracy_vs_cost(frame, context, "train_time_s", p)),
         (Section("validation_curves.png", "Validation curves of the top trials",
                  "Validation accuracy after every epoch (the value the pruner compares) for the trials with "
-                 "the best test accuracy; the dot marks the epoch whose weights were kept."),
+                 "the best validation accuracy; the dot marks the epoch whose weights were kept."),
          lambda p: _plots.plot_validation_curves(study, frame, p)),
         (Section("param_importances.png", "Parameter importances",
                  "How much of the variation in best validation accuracy each searched setting explains "
@@ -113,23 +117,14 @@ def _draw(study: optuna.Study, frame: pd.DataFrame, runs: ExperimentRuns, table:
     return drawn
 
 
-def _teacher_acc(runs: ExperimentRuns, table: dict[str, float]) -> float | None:
+def _teacher_acc(runs: ExperimentRuns, table: dict[str, Any]) -> float | None:
     if "teacher_test_acc" in table:
         return table["teacher_test_acc"]
     logged = [r.metrics["teacher_test_acc"] for r in runs.of_kind("trial") if "teacher_test_acc" in r.metrics]
     return logged[-1] if logged else None
 
 
-def _baseline_point(runs: ExperimentRuns) -> tuple[float, float, int] | None:
-    baselines = [r for r in runs.of_kind("baseline") if {"student_params", "test_acc"} <= set(r.metrics)
-                 and r.tags.get("kdsweep.baseline_of_trial", "").isdigit()]
-    if not baselines:
-        return None
-    last = baselines[-1]
-    return last.metrics["student_params"], last.metrics["test_acc"], int(last.tags["kdsweep.baseline_of_trial"])
-
-
-def _page(study: optuna.Study, frame: pd.DataFrame, runs: ExperimentRuns, table: dict[str, float],
+def _page(study: optuna.Study, frame: pd.DataFrame, runs: ExperimentRuns, table: dict[str, Any],
           sections: list[Section]) -> str:
     task = study.user_attrs.get("kdsweep.task", "?")
     counts = frame["state"].value_counts().to_dict()
@@ -143,13 +138,14 @@ def _page(study: optuna.Study, frame: pd.DataFrame, runs: ExperimentRuns, table:
              ("MLflow experiment", f"{study.study_name} (id {runs.experiment_id})" if runs.experiment_id else "none"),
              ("generated", datetime.datetime.now().isoformat(sep=" ", timespec="seconds"))]
     params = [c for c in _plots.searched_params(study) if c in frame.columns]
-    columns = ["number", *params, "test_acc", "best_val_acc", "retention", "kd_gain", "student_params",
+    columns = ["number", *params, "best_val_acc", "test_acc", "retention", "student_params",
                "train_time_s", "epochs_run", "stop_reason"]
     front = pareto(frame).sort_values("student_params")
-    leaders = frame[(frame["state"] == "COMPLETE").to_numpy()].sort_values(
-        ["test_acc", "best_val_acc"], ascending=False, kind="stable").head(_TOP)
+    leaders = frame[(frame["state"] == "COMPLETE").to_numpy()].dropna(subset=[SELECTION_METRIC]).sort_values(
+        SELECTION_METRIC, ascending=False, kind="stable").head(_TOP)
     parts = [f"<h1>kdsweep study <code>{_e(study.study_name)}</code></h1>", _facts(facts),
-             "<h2>Teacher, student without distillation, distilled student</h2>", _comparison(table, task)]
+             "<h2>Does distillation pay? Teacher, student without distillation, distilled student</h2>",
+             _comparison(table, frame, task)]
     for section in sections:
         parts.append(f"<h2>{_e(section.title)}</h2>")
         if section.path is not None:
@@ -160,30 +156,48 @@ def _page(study: optuna.Study, frame: pd.DataFrame, runs: ExperimentRuns, table:
         else:
             parts.append(f'<p class="note">Not drawn: {_e(section.note)}.</p>')
     parts += [f"<h2>Pareto-optimal trials ({len(front)})</h2>",
-              "<p>COMPLETE trials no other beats on test accuracy, student parameters and training time at once "
-              "(tagged <code>pareto=true</code> in MLflow).</p>", _table(front, columns),
-              f"<h2>Top {min(_TOP, len(leaders))} trials by test accuracy</h2>", _table(leaders, columns)]
+              "<p>COMPLETE trials no other beats on validation accuracy, student parameters and training time "
+              "at once (tagged <code>pareto=true</code> in MLflow). Test accuracy is shown as the held-out "
+              "estimate; it plays no part in the choice.</p>", _table(front, columns),
+              f"<h2>Top {min(_TOP, len(leaders))} trials by validation accuracy</h2>",
+              "<p>Test accuracy beside it is the held-out estimate.</p>", _table(leaders, columns)]
     return _TEMPLATE.format(title=_e(f"kdsweep report: {study.study_name}"), body="\n".join(parts))
 
 
-def _comparison(table: dict[str, float], task: str) -> str:
-    if "distilled_test_acc" not in table:
-        return ('<p class="note">No comparison yet: the sweep ends by training its best configuration without '
-                "distillation; this one was interrupted or had no time left.</p>")
-    trial = int(table["best_trial"])
-    rows = [("teacher", table["teacher_test_acc"], 1.0, None, _teacher_params(task))]
+def _comparison(table: dict[str, Any], frame: pd.DataFrame, task: str) -> str:
+    """The verdict line over the teacher / no-KD / distilled table (test accuracy means over the repeats)."""
+    if "kd_verdict" not in table and "distilled_test_acc" not in table:
+        return ('<p class="note">No comparison yet: the sweep ends by training its best configuration with and '
+                "without distillation on paired seeds; this one was interrupted or had no time left.</p>")
+    trial = table.get("best_trial")
+    of = f"trial {trial}" if trial is not None else "the best trial"
+    pairs = table.get("kd_repeats")
+    seeds = f", mean of {pairs} seeds" if pairs else ""
+    params = _params_of(frame, trial)
+    teacher = table.get("teacher_test_acc")
+    rows = [("teacher", teacher, 1.0 if teacher else None, "", _teacher_params(task))]
     if "nokd_test_acc" in table:
-        rows.append((f"student without KD (trial {trial}'s settings, alpha = 0)", table["nokd_test_acc"],
-                     table.get("nokd_retention"), None, table.get("student_params")))
-    rows.append((f"distilled student (trial {trial})", table["distilled_test_acc"], table.get("retention"),
-                 table.get("kd_gain"), table.get("student_params")))
-    head = "".join(f"<th>{h}</th>" for h in ("model", "test accuracy", "retention of the teacher", "KD gain",
-                                                 "parameters"))
+        rows.append((f"student without KD ({of}'s settings with alpha = 0 and no transfer set{seeds})",
+                     table["nokd_test_acc"],
+                     table["nokd_test_acc"] / teacher if teacher else None, "", params))
+    if "distilled_test_acc" in table:
+        rows.append((f"distilled student ({of}{seeds})", table["distilled_test_acc"], table.get("retention"),
+                     gain_interval(table), params))
+    head = "".join(f"<th>{h}</th>" for h in ("model", "test accuracy", "retention of the teacher",
+                                                 "KD gain (95% CI, paired seeds)", "parameters"))
     body = "".join(f"<tr><td>{_e(name)}</td><td>{cell('test_acc', acc)}</td><td>{cell('retention', ret)}</td>"
-                   f"<td>{cell('kd_gain', gain)}</td><td>{cell('student_params', params)}</td></tr>"
-                   for name, acc, ret, gain, params in rows)
-    note = "" if "nokd_test_acc" in table else '<p class="note">No no-KD baseline: no KD gain to show.</p>'
-    return f"<table class=num><tr>{head}</tr>{body}</table>{note}"
+                   f"<td>{_e(gain)}</td><td>{cell('student_params', size)}</td></tr>"
+                   for name, acc, ret, gain, size in rows)
+    word = table.get("kd_verdict", "none")
+    verdict = f'<p class="verdict verdict-{_e(word)}"><strong>{_e(verdict_line(table))}</strong></p>'
+    note = ("" if "kd_gain" in table else
+            '<p class="note">No KD gain: a gain is shown only when every paired repeat finished.</p>')
+    return f"{verdict}<table class=num><tr>{head}</tr>{body}</table>{note}"
+
+
+def _params_of(frame: pd.DataFrame, trial: int | None) -> Any:
+    rows = frame.loc[frame["number"] == trial, "student_params"] if trial is not None else []
+    return rows.iloc[0] if len(rows) else None
 
 
 def _teacher_params(task: str) -> float | None:
@@ -235,6 +249,8 @@ th, td {{ padding: 3px 8px; border-bottom: 1px solid #e5e5e5; text-align: left; 
 table.num td, table.num th {{ text-align: right; font-variant-numeric: tabular-nums; }}
 table.num td:first-child, table.num th:first-child {{ text-align: left; }} .scroll {{ overflow-x: auto; }}
 table.facts th {{ color: #555; font-weight: 600; }} .note {{ color: #8a5a00; background: #fff6e0; padding: 4px 8px; }}
+.verdict {{ padding: 4px 8px; background: #f3f3f3; }} .verdict-helps {{ background: #e6f4e6; }}
+.verdict-hurts {{ background: #fbe9e9; }}
 </style></head>
 <body>
 {body}

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sweeps.search.overrides import carried_attrs
+
 if TYPE_CHECKING:
     import optuna
     from mlflow import MlflowClient
@@ -110,7 +112,7 @@ def reap_stale_trials(study: optuna.Study, client: MlflowClient | None, *, stale
             client.set_tag(run_id, "state", "FAIL")
             client.set_tag(run_id, "stop_reason", "worker_lost")
             client.set_terminated(run_id, status="KILLED")
-        study.enqueue_trial(trial.params, user_attrs={RESUME_ATTR: trial.number})
+        study.enqueue_trial(trial.params, user_attrs={RESUME_ATTR: trial.number, **carried_attrs(trial)})
         log.warning("trial %d lost its worker: marked FAIL and re-enqueued to resume from its checkpoint",
                     trial.number)
         reaped.append(trial.number)

@@ -13,9 +13,11 @@ from sweeps.search.space import SearchSpace
 if TYPE_CHECKING:
     import optuna
 
-# Share of the budget kept back at first for the no-distillation baseline and the summary,
-# before any trial has been timed; afterwards the median trial time, within these bounds.
-_RESERVE_SHARE = (0.05, 0.25)
+DEFAULT_REPEATS = 3  # pairs of runs (KD, no-KD) behind the KD verdict
+# Before any trial has finished, the repeats' time is unknown: keep this share of the budget.
+_FALLBACK_SHARE = 0.25
+# Another seed may stop a few epochs later than the measured trial did.
+_ARM_SPREAD = 1.25
 _CLOSE_MARGIN_S = 2.0  # closing runs and writing the summary after the last stop
 _PROCESS_EXIT_S = 4.0  # measured: a worker process takes 2-4 s to exit (torch, MLflow, SQLAlchemy)
 
@@ -42,6 +44,7 @@ class SweepPlan:
     parent_run_id: str = ""
     jobs: int = 1
     grid_points: int = 4
+    repeats: int = DEFAULT_REPEATS
 
     @property
     def deadline(self) -> float:
@@ -58,14 +61,35 @@ class SweepPlan:
         return make_pruner(self.pruner, self.min_epochs, self.search_space().max_epochs())
 
     def reserve_s(self, trials: list[optuna.trial.FrozenTrial]) -> float:
-        """Time kept for the baseline at the end: about one trial, 5-25% of the budget."""
-        low, high = (share * self.budget_s for share in _RESERVE_SHARE)
-        times = [t.user_attrs["train_time_s"] for t in trials if "train_time_s" in t.user_attrs]
-        estimate = statistics.median(times) if times else low
-        return min(high, max(low, estimate)) + _CLOSE_MARGIN_S + (_PROCESS_EXIT_S if self.jobs > 1 else 0.0)
+        """Time kept at the end for the paired repeats of the KD verdict and closing the runs."""
+        return self.repeats_s(trials) + _CLOSE_MARGIN_S + (_PROCESS_EXIT_S if self.jobs > 1 else 0.0)
+
+    def repeats_s(self, trials: list[optuna.trial.FrozenTrial]) -> float:
+        """The repeats' estimated time: K pairs x 2 arms x one arm's time, measured on the best
+        COMPLETE trial (its training time x 1.25, plus its set-up, test pass and upload). The
+        no-KD twin is estimated like its KD arm: same model, data and stopping rule, no KD term.
+        Before any trial completes: a full run at the median measured epoch time; before any
+        trial is timed: a quarter of the budget."""
+        if self.repeats == 0:
+            return 0.0
+        from optuna.trial import TrialState
+
+        complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None
+                    and "train_time_s" in t.user_attrs]
+        timed = [t.user_attrs for t in trials if "epoch_time_s" in t.user_attrs]
+        if complete:
+            best = max(complete, key=lambda t: t.value).user_attrs
+            train_s, overhead_s = best["train_time_s"], max(0.0, best.get("wall_time_s", 0.0) - best["train_time_s"])
+        elif timed:
+            train_s = statistics.median(a["epoch_time_s"] for a in timed) * self.search_space().max_epochs()
+            overhead_s = statistics.median(max(0.0, a["wall_time_s"] - a["epoch_time_s"] * a["epochs_run"])
+                                           for a in timed)
+        else:
+            return _FALLBACK_SHARE * self.budget_s
+        return self.repeats * 2 * (train_s * _ARM_SPREAD + overhead_s)
 
     def trials_deadline(self, trials: list[optuna.trial.FrozenTrial]) -> float:
-        """When trials must stop, leaving the reserve for the baseline."""
+        """When trials must stop, leaving the reserve for the repeats."""
         return self.deadline - self.reserve_s(trials)
 
     def has_time_for_a_trial(self, trials: list[optuna.trial.FrozenTrial], now: float | None = None) -> bool:

@@ -10,6 +10,7 @@ In a sweep file each entry of ``space`` is one of::
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,14 @@ DEFAULT_SPACE: dict[str, Any] = {
     "lr": {"low": 1e-4, "high": 3e-2, "log": True},
 }
 _RANGE_KEYS = {"low", "high", "log", "step"}
+
+
+def with_task_defaults(space: dict[str, Any] | None, fixed: dict[str, Any],
+                       defaults: dict[str, Any]) -> dict[str, Any]:
+    """The fixed settings of a study: the task's defaults (``Task.defaults()``) for every field the
+    sweep file neither searches nor fixes, then the file's own ``train:`` settings."""
+    given = set(DEFAULT_SPACE if space is None else space) | set(fixed)
+    return {**{k: v for k, v in defaults.items() if k not in given}, **fixed}
 
 
 @dataclass(frozen=True)
@@ -104,12 +113,19 @@ class SearchSpace:
             raise ConfigError("the search space is empty: give at least one range or list of choices")
         return cls(dimensions, fixed)
 
-    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
-        return {name: dim.suggest(trial) for name, dim in self.dimensions.items()}
+    def suggest(self, trial: optuna.Trial, skip: Collection[str] = ()) -> dict[str, Any]:
+        """Searched values of ``trial``; ``skip`` names dimensions an override sets instead, so the
+        trial's params hold only values it trains with."""
+        return {name: dim.suggest(trial) for name, dim in self.dimensions.items() if name not in skip}
 
     def config(self, params: dict[str, Any]) -> TrainConfig:
         """The full trainer config of a trial with these searched values."""
         return make_config(TrainConfig, **{**self.fixed, **params})
+
+    def upper_ends(self) -> dict[str, Any]:
+        """Each searched field at the top of its range (the last of its choices)."""
+        return {name: dim.choices[-1] if dim.kind == "choice" else dim.grid(2)[-1]
+                for name, dim in self.dimensions.items()}
 
     def max_epochs(self) -> int:
         """The most epochs any trial may run (the pruners' resource bound)."""

@@ -3,7 +3,8 @@
 The invocation, in order: validate everything (nothing written on bad input); ready the teacher
 and its cached outputs; open the study's MLflow parent run and Optuna study; reap trials whose
 worker died; start the workers; watch them (live view, heartbeats, best so far) until the budget
-or trial count ends; train the best configuration once more without distillation; report.
+or trial count ends; train the best configuration and its no-KD twin in paired repeats for the
+KD verdict (sweeps/verdict); report.
 """
 
 from __future__ import annotations
@@ -19,17 +20,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from kdcore import ConfigError, preset
-from kdcore.presets import PRESETS
-from sweeps.tracking.logged_run import Prepared, prepare, run_params, train_logged
+from kdcore import ConfigError
+from sweeps.search import overrides
 from sweeps.search.leases import close_orphan_runs, reap_stale_trials
-from sweeps.search.plan import SweepPlan
+from sweeps.search.plan import DEFAULT_REPEATS, SweepPlan
 from sweeps.search.samplers import check_names
 from sweeps.search.space import SearchSpace
+from sweeps.search.worker import process_main, work
+from sweeps.tracking.logged_run import Prepared, prepare
+from sweeps.tracking.run_logger import RunLogger
 from sweeps.tracking.storage import check_storage_url, default_storage_url, display_url, open_storage
 from sweeps.tracking.store import Store
-from sweeps.tracking.run_logger import RunLogger
-from sweeps.search.worker import process_main, work
+from sweeps.verdict.paired import incomplete_verdict
 
 if TYPE_CHECKING:
     import optuna
@@ -41,6 +43,7 @@ STUDY_KIND = "study"
 _POLL_S = 0.5
 _REAP_EVERY_S = 10.0
 _PARETO_EVERY_S = 5.0  # tagging reads every run: about 0.7 s at 1000 trials
+_CLOSE_S = 1.0  # the repeats stop this long before the budget's end, to log the verdict and close
 
 
 @dataclass
@@ -72,19 +75,22 @@ class SweepSummary:
     teacher_time_s: float
     cache_time_s: float
     trials: list[optuna.trial.FrozenTrial]
-    comparison: dict[str, float]
+    comparison: dict[str, Any]  # the KD verdict (comparison.json); {} when --repeats 0 skipped it
     interrupted: bool
+    repeats: int = DEFAULT_REPEATS
 
 
 def check_sweep(plan: SweepPlan, enqueue_presets: bool) -> SearchSpace:
     """Everything that can be checked without writing: names, storage URL, space, flags."""
-    from kdcore import get_task
+    from kdcore import check_config, get_task
 
     check_names(plan.sampler, plan.pruner)
     if plan.storage_url != default_storage_url(Path(plan.store_root)):  # the default folder is created later
         check_storage_url(plan.storage_url)
     space = plan.search_space()
-    get_task(plan.task)
+    # The top of every range is the worst case for the checks that depend on searched values (the
+    # largest data_fraction leaves the smallest transfer set; alpha 1 uses it).
+    check_config(get_task(plan.task), space.config(space.upper_ends()))
     if plan.jobs < 1:
         raise ConfigError(f"--jobs {plan.jobs} is not allowed: use 1 or more worker processes")
     if plan.n_trials is not None and plan.n_trials < 1:
@@ -92,8 +98,13 @@ def check_sweep(plan: SweepPlan, enqueue_presets: bool) -> SearchSpace:
     if plan.min_epochs < 1 or plan.min_epochs > space.max_epochs():
         raise ConfigError(f"min_epochs={plan.min_epochs} must be between 1 and the trials' epochs "
                           f"({space.max_epochs()})")
+    if plan.repeats == 1 or plan.repeats < 0:
+        raise ConfigError(f"--repeats {plan.repeats} is not allowed: a confidence interval needs at least 2 "
+                          "pairs; use 2 or more (default 3), or 0 to skip the KD verdict")
     if plan.sampler == "grid" and enqueue_presets:
         raise ConfigError("--enqueue-presets conflicts with --sampler grid: a grid visits its own points")
+    if enqueue_presets:
+        overrides.preset_trials(space)  # every preset's settings must combine with the fixed ones
     _check_resume_matches(plan, space)
     Store(Path(plan.store_root), plan.tracking_uri).check_reachable()
     return space
@@ -126,7 +137,7 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
     reap_stale_trials(study, client)
     close_orphan_runs(study, client, experiment_id)
     if enqueue_presets:
-        _enqueue_presets(study, space)
+        overrides.enqueue_presets(study, space)
     _log_invocation(parent, plan, prepared, teacher_time, invocation, sweep_file)
 
     interrupted = threading.Event()
@@ -134,17 +145,12 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
     try:
         with _ctrl_c_sets(interrupted):
             _watch(study, plan, workers, client, parent, view, interrupted)
-            comparison = {}
-            if not interrupted.is_set():
-                view.update(_snapshot(study, plan, "baseline", note="training the no-KD baseline"))
-                comparison = _baseline(study, plan, space, prepared, client, interrupted)
+            comparison = _verdict(study, plan, space, prepared, client, view, interrupted, invocation)
             trials = study.get_trials(deepcopy=False)
             wall = time.time() - plan.started_at
-            parent.log_metrics({**comparison, "wall_time_s": wall, "budget_s": plan.budget_s,
+            parent.log_metrics({"wall_time_s": wall, "budget_s": plan.budget_s,
                                 **{f"trials_{state.lower()}": n for state, n in _counts(trials).items()}},
                                tags={"state": "INTERRUPTED" if interrupted.is_set() else "FINISHED"})
-            if comparison:
-                client.log_dict(parent.run_id, comparison, "comparison.json")
             _tag_pareto(study, client, plan)
             parent.finish("KILLED" if interrupted.is_set() else "FINISHED")
     except KeyboardInterrupt:  # the second Ctrl-C: abort now, leaving nothing RUNNING
@@ -153,7 +159,7 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
     view.update(_snapshot(study, plan, "done"))
     return SweepSummary(plan.study, experiment_id, parent.run_id, display_url(plan.storage_url), plan.tracking_uri, wall,
                         plan.budget_s, teacher_time, prepared.outputs.build_time_s, trials, comparison,
-                        interrupted.is_set())
+                        interrupted.is_set(), plan.repeats)
 
 
 def _check_resume_matches(plan: SweepPlan, space: SearchSpace) -> None:
@@ -205,15 +211,6 @@ def _log_invocation(parent: RunLogger, plan: SweepPlan, prepared: Prepared, teac
 def _note(plan: SweepPlan) -> str:
     return (f"kdsweep study `{plan.study}` on task `{plan.task}`. Child runs are Optuna trials; "
             f"filter with `tags.state = 'COMPLETE'`. Resume: `kdsweep run --study {plan.study}`.")
-
-
-def _enqueue_presets(study: optuna.Study, space: SearchSpace) -> None:
-    """Put the named presets first, keeping the values that fall inside the search space."""
-    for name in PRESETS:
-        values = preset(name)
-        params = {k: v for k, v in values.items() if k in space.dimensions and space.dimensions[k].contains(v)}
-        if params:
-            study.enqueue_trial(params, user_attrs={"kdsweep.preset": name}, skip_if_exists=True)
 
 
 def _start_workers(plan: SweepPlan, interrupted: threading.Event) -> list:
@@ -326,38 +323,35 @@ def _snapshot(study: optuna.Study, plan: SweepPlan, phase: str, note: str = "") 
         (best.number, best.value, best.params) if best else None, note)
 
 
-def _baseline(study: optuna.Study, plan: SweepPlan, space: SearchSpace, prepared: Prepared,
-              client: MlflowClient, interrupted: threading.Event) -> dict[str, float]:
-    """Train the best trial's configuration with alpha = 0 (same seed, same data): the no-KD student."""
-    best = _best(study.get_trials(deepcopy=False))
-    if best is None:
+def _verdict(study: optuna.Study, plan: SweepPlan, space: SearchSpace, prepared: Prepared, client: MlflowClient,
+             view: SweepView, interrupted: threading.Event, invocation: int) -> dict[str, Any]:
+    """The KD verdict on the best COMPLETE trial (by best_val_acc), logged on the parent run."""
+    from sweeps.verdict.repeats import record_verdict, run_repeats
+
+    if plan.repeats == 0:
         return {}
-    epoch_s = best.user_attrs.get("epoch_time_s", 0.0)
-    deadline = plan.deadline - 1.0
-    if time.time() + epoch_s * plan.min_epochs > deadline:
-        return _comparison(prepared, best, None)
-    config = space.config(best.params).model_copy(update={"alpha": 0.0})
-    logger = RunLogger.start(client, plan.experiment_id, "baseline-no-kd", params=run_params(prepared, config),
-                             tags={"kdsweep.kind": "baseline", "optuna.study": plan.study,
-                                   "kdsweep.baseline_of_trial": str(best.number),
-                                   "kdsweep.study_run_id": plan.parent_run_id})
-    run = train_logged(prepared, config, logger, deadline=deadline, interrupt=interrupted)
-    logger.log_metrics({}, tags={"state": "COMPLETE"})
-    logger.finish()
-    return _comparison(prepared, best, run.metrics["test_acc"])
-
-
-def _comparison(prepared: Prepared, best: optuna.trial.FrozenTrial, nokd_test_acc: float | None) -> dict[str, float]:
-    """Seeds 003/004's table: teacher, no-KD student, distilled student, retention, KD gain."""
+    best = _best(study.get_trials(deepcopy=False))
     teacher = prepared.teacher.test_acc
-    distilled = best.user_attrs["test_acc"]
-    table = {"teacher_test_acc": teacher, "distilled_test_acc": distilled, "best_trial": float(best.number),
-             "retention": distilled / teacher if teacher else 0.0,
-             "student_params": float(best.user_attrs["student_params"])}
-    if nokd_test_acc is not None:
-        table.update(nokd_test_acc=nokd_test_acc, kd_gain=distilled - nokd_test_acc,
-                     nokd_retention=nokd_test_acc / teacher if teacher else 0.0)
-    return table
+    if interrupted.is_set():
+        verdict = incomplete_verdict("interrupted (Ctrl-C) before the paired repeats", teacher_test_acc=teacher,
+                                     trial=best.number if best else None)
+    elif best is None:
+        verdict = incomplete_verdict("no trial completed, so there is no configuration to compare: "
+                                     "give a longer --budget", teacher_test_acc=teacher, trial=None)
+    else:
+        def progress(repeat: int, arm: str) -> None:
+            what = "the distilled student" if arm == "kd" else "its no-KD twin"
+            view.update(_snapshot(study, plan, "repeats", note=f"pair {repeat}/{plan.repeats} of trial "
+                                  f"{best.number}: training {what}"))
+
+        verdict = run_repeats(prepared, overrides.trial_config(space, best), repeats=plan.repeats, trial=best.number,
+                              client=client, experiment_id=plan.experiment_id, study=plan.study,
+                              study_run_id=plan.parent_run_id, deadline=plan.deadline - _CLOSE_S,
+                              interrupt=interrupted, on_start=progress,
+                              tags={"kdsweep.invocation": str(invocation)})
+    verdict.setdefault("repeats_wanted", plan.repeats)
+    record_verdict(client, plan.parent_run_id, verdict)
+    return verdict
 
 
 def _abort(workers: list, study: optuna.Study, client: MlflowClient, parent: RunLogger) -> None:

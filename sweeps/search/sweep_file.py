@@ -7,6 +7,7 @@ Example (``configs/mnist1d-quick.yaml``)::
     sampler: tpe
     pruner: median
     min_epochs: 3
+    repeats: 3            # pairs of runs behind the KD verdict
     space:
       temperature: {low: 1, high: 20, log: true}
       alpha: {low: 0, high: 1}
@@ -42,6 +43,7 @@ class SweepFile(BaseModel):
     seed: Optional[int] = Field(None, description="Sampler seed.")
     storage: Optional[str] = Field(None, description="Optuna storage URL or journal file.")
     min_epochs: Optional[int] = Field(None, description="Epochs a trial must be able to run before it starts.")
-    enqueue_presets: Optional[bool] = Field(None, description="Start the study from the named presets.")
+    enqueue_presets: Optional[bool] = Field(None, description="Start the study from the named presets, each with all its settings except data_fraction, data_seed, transfer_ratio and device (the study's).")
+    repeats: Optional[int] = Field(None, description="Pairs (KD, no-KD) of the best configuration behind the KD verdict; 0 skips it, 1 is too few (default 3).")
     space: Optional[dict[str, Any]] = Field(None, description="Searched fields: range, choices or fixed value.")
     train: dict[str, Any] = Field(default_factory=dict, description="Fixed trainer settings of every trial.")

@@ -12,6 +12,7 @@ from kdcore import EpochResult, StopTraining
 from kdcore._files import load_safe, save_atomic
 from sweeps.tracking.logged_run import Prepared, run_params, train_logged
 from sweeps.search.leases import RESUME_ATTR, RUN_ATTR, Lease, checkpoint_path
+from sweeps.search.overrides import OVERRIDES_ATTR, PRESET_ATTR, carried_attrs, trial_config
 from sweeps.tracking.run_logger import RunLogger
 
 if TYPE_CHECKING:
@@ -63,13 +64,16 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, plan: SweepPlan, prepar
 
     started = time.time()
     space = plan.search_space()
-    config = space.config(space.suggest(trial))
+    overrides = trial.user_attrs.get(OVERRIDES_ATTR) or {}
+    space.suggest(trial, skip=overrides)
+    config = trial_config(space, trial)
     resume, resumed_from = _resume_state(trial, plan)
     logger = RunLogger.start(
         client, plan.experiment_id, f"trial-{trial.number:04d}",
         params=run_params(prepared, config), parent_run_id=plan.parent_run_id,
         tags={"kdsweep.kind": "trial", "optuna.study": plan.study, "optuna.trial_number": str(trial.number),
-              "state": "RUNNING", **({"kdsweep.resumed_from_trial": str(resumed_from)} if resumed_from is not None else {})})
+              "state": "RUNNING", **({"kdsweep.resumed_from_trial": str(resumed_from)} if resumed_from is not None else {}),
+              **{k: trial.user_attrs[k] for k in (PRESET_ATTR,) if k in trial.user_attrs}})
     trial.set_user_attr(RUN_ATTR, logger.run_id)
     own_checkpoint = checkpoint_path(plan.store_root, plan.study, trial.number)
 
@@ -110,7 +114,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, plan: SweepPlan, prepar
 
     if result.stop_reason == "interrupted":
         study.tell(trial, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={RESUME_ATTR: trial.number})
+        study.enqueue_trial(trial.params, user_attrs={RESUME_ATTR: trial.number, **carried_attrs(trial)})
         return
     own_checkpoint.unlink(missing_ok=True)
     if resumed_from is not None:
