@@ -38,7 +38,7 @@ def run(
     from sweeps.search.budget import parse_budget
     from sweeps.search.space import with_task_defaults
     from sweeps.search.plan import DEFAULT_REPEATS, SweepPlan
-    from sweeps.search.sweep import check_sweep
+    from sweeps.search.checks import check_sweep
     from sweeps.tracking.storage import default_storage_url
     from sweeps.tracking.store import Store
     from sweeps.search.sweep_file import DEFAULT_BUDGET, SweepFile

@@ -467,7 +467,7 @@ def test_shipped_sweep_file_is_valid(path, tmp_path):
     from kdcore import make_config
     from sweeps.search.budget import parse_budget
     from sweeps.search.plan import SweepPlan
-    from sweeps.search.sweep import check_sweep
+    from sweeps.search.checks import check_sweep
     from sweeps.search.sweep_file import DEFAULT_BUDGET, SweepFile
 
     assert path.read_text().startswith(f"# kdsweep run --config configs/{path.name}\n"), \

@@ -65,9 +65,9 @@ class SweepPlan:
         return self.repeats_s(trials) + _CLOSE_MARGIN_S + (_PROCESS_EXIT_S if self.jobs > 1 else 0.0)
 
     def repeats_s(self, trials: list[optuna.trial.FrozenTrial]) -> float:
-        """The repeats' estimated time: K pairs x 2 arms x one arm's time, measured on the best
-        COMPLETE trial (its training time x 1.25, plus its set-up, test pass and upload). The
-        no-KD twin is estimated like its KD arm: same model, data and stopping rule, no KD term.
+        """The repeats' estimated time: K pairs of two arms, measured on the best COMPLETE trial (its
+        training time x 1.25, plus its set-up, test pass and upload). The no-KD twin trains the same
+        model on the same labelled batches, without the transfer set's extra inputs per batch.
         Before any trial completes: a full run at the median measured epoch time; before any
         trial is timed: a quarter of the budget."""
         if self.repeats == 0:
@@ -77,16 +77,19 @@ class SweepPlan:
         complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None
                     and "train_time_s" in t.user_attrs]
         timed = [t.user_attrs for t in trials if "epoch_time_s" in t.user_attrs]
+        twin_share = 1.0
         if complete:
-            best = max(complete, key=lambda t: t.value).user_attrs
+            chosen = max(complete, key=lambda t: t.value)
+            best = chosen.user_attrs
             train_s, overhead_s = best["train_time_s"], max(0.0, best.get("wall_time_s", 0.0) - best["train_time_s"])
+            twin_share = _twin_share(self.search_space(), chosen)
         elif timed:
             train_s = statistics.median(a["epoch_time_s"] for a in timed) * self.search_space().max_epochs()
             overhead_s = statistics.median(max(0.0, a["wall_time_s"] - a["epoch_time_s"] * a["epochs_run"])
                                            for a in timed)
         else:
             return _FALLBACK_SHARE * self.budget_s
-        return self.repeats * 2 * (train_s * _ARM_SPREAD + overhead_s)
+        return self.repeats * (train_s * _ARM_SPREAD * (1 + twin_share) + 2 * overhead_s)
 
     def trials_deadline(self, trials: list[optuna.trial.FrozenTrial]) -> float:
         """When trials must stop, leaving the reserve for the repeats."""
@@ -118,3 +121,12 @@ class SweepPlan:
         started = [t for t in trials if t.state != TrialState.WAITING and t.datetime_start is not None
                    and t.datetime_start.timestamp() >= self.started_at]
         return len(started) < self.n_trials
+
+
+def _twin_share(space: SearchSpace, trial: optuna.trial.FrozenTrial) -> float:
+    """The no-KD twin's training cost as a share of its distilled arm's: each batch carries
+    ``transfer_ratio`` unlabelled inputs per labelled one only when distilling."""
+    from sweeps.search.overrides import trial_config
+
+    config = trial_config(space, trial)
+    return 1.0 / (1.0 + config.transfer_ratio) if config.alpha > 0 else 1.0

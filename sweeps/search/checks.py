@@ -1,0 +1,66 @@
+"""Everything ``kdsweep run`` checks before it writes anything: names, storage URL, space, flags,
+the task's fit to the fixed settings, and that a resumed study keeps its task and space."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kdcore import ConfigError
+from sweeps.search import overrides
+from sweeps.search.plan import SweepPlan
+from sweeps.search.samplers import check_names
+from sweeps.search.space import SearchSpace
+from sweeps.tracking.storage import check_storage_url, default_storage_url, open_storage
+from sweeps.tracking.store import Store
+
+
+def check_sweep(plan: SweepPlan, enqueue_presets: bool) -> SearchSpace:
+    """Everything that can be checked without writing: names, storage URL, space, flags."""
+    from kdcore import check_config, get_task
+
+    check_names(plan.sampler, plan.pruner)
+    if plan.storage_url != default_storage_url(Path(plan.store_root)):  # the default folder is created later
+        check_storage_url(plan.storage_url)
+    space = plan.search_space()
+    # The top of every range is the worst case for the checks that depend on searched values (the
+    # largest data_fraction leaves the smallest transfer set; alpha 1 uses it).
+    check_config(get_task(plan.task), space.config(space.upper_ends()))
+    if plan.jobs < 1:
+        raise ConfigError(f"--jobs {plan.jobs} is not allowed: use 1 or more worker processes")
+    if plan.n_trials is not None and plan.n_trials < 1:
+        raise ConfigError(f"--n-trials {plan.n_trials} is not allowed: use 1 or more")
+    if plan.min_epochs < 1 or plan.min_epochs > space.max_epochs():
+        raise ConfigError(f"min_epochs={plan.min_epochs} must be between 1 and the trials' epochs "
+                          f"({space.max_epochs()})")
+    if plan.repeats == 1 or plan.repeats < 0:
+        raise ConfigError(f"--repeats {plan.repeats} is not allowed: a confidence interval needs at least 2 "
+                          "pairs; use 2 or more (default 3), or 0 to skip the KD verdict")
+    if plan.sampler == "grid" and enqueue_presets:
+        raise ConfigError("--enqueue-presets conflicts with --sampler grid: a grid visits its own points")
+    if enqueue_presets:
+        overrides.preset_trials(space)  # every preset's settings must combine with the fixed ones
+    check_resume_matches(plan, space)
+    Store(Path(plan.store_root), plan.tracking_uri).check_reachable()
+    return space
+
+
+def check_resume_matches(plan: SweepPlan, space: SearchSpace) -> None:
+    """A study resumes only with the same task and search space (read without writing)."""
+    import optuna
+
+    if not plan.storage_url.startswith(("sqlite", "postgresql", "mysql")) and not Path(plan.storage_url).exists():
+        return  # no journal yet: nothing to resume, and opening it would create the file
+    if plan.storage_url.startswith("sqlite:///") and not Path(plan.storage_url.removeprefix("sqlite:///")).exists():
+        return
+    storage = open_storage(plan.storage_url)
+    if plan.study not in {s.study_name for s in storage.get_all_studies()}:
+        return
+    attrs = optuna.load_study(study_name=plan.study, storage=storage).user_attrs
+    if attrs.get("kdsweep.task", plan.task) != plan.task:
+        raise ConfigError(f"study '{plan.study}' was run on task '{attrs['kdsweep.task']}', not '{plan.task}': "
+                          "use another --study")
+    if attrs.get("kdsweep.space", space.describe()) != space.describe():
+        raise ConfigError(f"study '{plan.study}' was run with another search space "
+                          f"({attrs['kdsweep.space']}): use another --study to search a new space")
+
+
