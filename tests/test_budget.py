@@ -39,13 +39,13 @@ def test_format_seconds_is_short_and_readable(seconds, text):
 # The time kept for the KD verdict's repeats (SweepPlan.reserve_s)
 # --------------------------------------------------------------------------------------------
 
-def plan(repeats: int = 3, budget_s: float = 600.0, jobs: int = 1):
+def plan(repeats: int = 3, budget_s: float = 600.0, jobs: int = 1, **fixed):
     import time
 
     from sweeps.search.plan import SweepPlan
 
     return SweepPlan(study="s", task="digits", store_root="/nonexistent", tracking_uri="sqlite:///x.db",
-                     storage_url="x.journal", space=None, fixed={"epochs": 20}, sampler="tpe", pruner="median",
+                     storage_url="x.journal", space=None, fixed={"epochs": 20, **fixed}, sampler="tpe", pruner="median",
                      seed=0, budget_s=budget_s, started_at=time.time(), min_epochs=3, jobs=jobs, repeats=repeats)
 
 
@@ -66,6 +66,20 @@ def test_reserve_is_k_pairs_of_the_best_complete_trials_measured_time():
     trials = [timed_trial(0.8, 2.0, 2.5, 10), timed_trial(0.9, 10.0, 11.0, 20), timed_trial(0.7, 4.0, 4.5, 10)]
     assert plan(repeats=3).reserve_s(trials) == pytest.approx(81.0 + 2.0)
     assert plan(repeats=2).reserve_s(trials) == pytest.approx(54.0 + 2.0)
+
+
+def test_the_twin_of_a_transfer_set_trial_is_reserved_at_its_smaller_cost():
+    # With 4 unlabelled inputs per labelled one, the distilled arm's batches are 5x the twin's:
+    # 3 pairs x (10 s x 1.25 x (1 + 1/5) + 2 x 1 s) = 51 s, plus 2 s.
+    trials = [timed_trial(0.9, 10.0, 11.0, 20)]
+    assert plan(transfer_ratio=4.0, data_fraction=0.5).reserve_s(trials) == pytest.approx(51.0 + 2.0)
+    # Without a KD term the trial trained no transfer set either: the twin costs the same.
+    import optuna
+
+    no_kd = optuna.trial.create_trial(value=0.9, params={"alpha": 0.0},
+                                      distributions={"alpha": optuna.distributions.FloatDistribution(0.0, 1.0)},
+                                      user_attrs=trials[0].user_attrs)
+    assert plan(transfer_ratio=4.0, data_fraction=0.5).reserve_s([no_kd]) == pytest.approx(81.0 + 2.0)
 
 
 def test_reserve_scales_with_the_trial_not_with_the_budget():
