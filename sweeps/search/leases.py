@@ -2,7 +2,9 @@
 
 Optuna's own heartbeat works only on RDB storages and restarts a trial from scratch; this one
 lives in trial user attrs, so it works on the journal too, and a reaped trial is re-enqueued
-with the same params and resumes from its last epoch checkpoint.
+with the same params and resumes from its last epoch checkpoint. A worker writes the lease right
+after ``study.ask()``, before anything slow; a trial still without one after a few seconds is
+reaped. docs/reliability.md lists the crash windows and what closes each.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Collection
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sweeps._pause import pause_at
 from sweeps.search.overrides import carried_attrs
 
 if TYPE_CHECKING:
@@ -26,8 +31,13 @@ log = logging.getLogger("kdsweep")
 LEASE_ATTR = "kdsweep.lease"
 RESUME_ATTR = "kdsweep.resume_of"
 RUN_ATTR = "mlflow_run_id"
+OWNER_TAG = "kdsweep.owner"
 HEARTBEAT_S = 5.0
 STALE_AFTER_S = 60.0
+# The lease is the first thing a worker writes after study.ask(): a trial RUNNING this long
+# without one lost its worker in between (only clocks that disagree across hosts could fool it).
+UNLEASED_STALE_S = 5.0
+FINISHED_STATES = ("COMPLETE", "PRUNED")  # run tags of a trial that ran to its end
 
 
 def checkpoint_path(store_root: Path, study: str, trial_number: int) -> Path:
@@ -36,11 +46,13 @@ def checkpoint_path(store_root: Path, study: str, trial_number: int) -> Path:
 
 
 class Lease:
-    """While held, refreshes ``kdsweep.lease`` = {host, pid, heartbeat} on the trial every few seconds."""
+    """While held, refreshes ``kdsweep.lease`` = {host, pid, heartbeat, invocation} on the trial every
+    few seconds; ``invocation`` names the ``kdsweep run`` that took the trial up."""
 
-    def __init__(self, study: optuna.Study, trial_id: int, every_s: float = HEARTBEAT_S) -> None:
+    def __init__(self, study: optuna.Study, trial_id: int, invocation: str = "", every_s: float = HEARTBEAT_S) -> None:
         self.storage = study._storage
         self.trial_id = trial_id
+        self.invocation = invocation
         self.every_s = every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="kdsweep-heartbeat", daemon=True)
@@ -55,7 +67,8 @@ class Lease:
         self._thread.join()
 
     def _write(self) -> None:
-        lease = {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
+        lease = {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time(),
+                 "invocation": self.invocation}
         self.storage.set_trial_user_attr(self.trial_id, LEASE_ATTR, lease)
 
     def _beat(self) -> None:
@@ -68,9 +81,9 @@ class Lease:
 
 def _holder_is_gone(trial: optuna.trial.FrozenTrial, stale_after_s: float, now: float) -> bool:
     lease = trial.user_attrs.get(LEASE_ATTR)
-    if lease is None:
+    if lease is None:  # killed between study.ask() and its first lease write
         started = trial.datetime_start.timestamp() if trial.datetime_start else now
-        return now - started > stale_after_s
+        return now - started > UNLEASED_STALE_S
     if lease["host"] == socket.gethostname() and not _pid_alive(lease["pid"]):
         return True
     return now - lease["heartbeat"] > stale_after_s
@@ -83,51 +96,145 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie (dead, not yet waited for) is gone too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
-def reap_stale_trials(study: optuna.Study, client: MlflowClient | None, *, stale_after_s: float = STALE_AFTER_S,
-                      also_pids: set[int] = frozenset()) -> list[int]:
-    """Mark RUNNING trials whose lease holder is gone as FAIL, close their MLflow runs as KILLED,
-    and re-enqueue their params so they resume from their last checkpoint. ``also_pids``
-    forces trials held by those (this host's) processes to count as gone, for an abort.
-    Returns the reaped trial numbers.
+def reap_stale_trials(study: optuna.Study, client: MlflowClient | None, *, store_root: str | Path | None = None,
+                      experiment_id: str | None = None, lock: AbstractContextManager = nullcontext(),
+                      stale_after_s: float = STALE_AFTER_S, also_pids: Collection[int] = frozenset()) -> list[int]:
+    """Finish the RUNNING trials whose lease holder is gone; returns their numbers.
+
+    A trial whose MLflow run closed FINISHED (its worker died before ``study.tell``) is told its
+    real result. Any other is re-enqueued with the same params to resume from its last
+    checkpoint, its run closed KILLED, and it is marked FAIL with stop_reason ``worker_lost``.
+    ``also_pids`` forces trials held by those (this host's) processes to count as gone, for an
+    abort. ``lock`` (``storage_lock``) keeps two processes from reaping one trial at once.
     """
     from optuna.trial import TrialState
 
-    now = time.time()
     reaped = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        lease = trial.user_attrs.get(LEASE_ATTR) or {}
-        forced = lease.get("pid") in also_pids and lease.get("host") == socket.gethostname()
-        if not (forced or _holder_is_gone(trial, stale_after_s, now)):
-            continue
-        try:
-            study._storage.set_trial_user_attr(trial._trial_id, "stop_reason", "worker_lost")
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        except Exception:  # finished or reaped by someone else meanwhile
-            continue
-        run_id = trial.user_attrs.get(RUN_ATTR)
-        if client is not None and run_id:
-            client.set_tag(run_id, "state", "FAIL")
-            client.set_tag(run_id, "stop_reason", "worker_lost")
-            client.set_terminated(run_id, status="KILLED")
-        study.enqueue_trial(trial.params, user_attrs={RESUME_ATTR: trial.number, **carried_attrs(trial)})
-        log.warning("trial %d lost its worker: marked FAIL and re-enqueued to resume from its checkpoint",
-                    trial.number)
-        reaped.append(trial.number)
+    with lock:
+        now = time.time()
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            lease = trial.user_attrs.get(LEASE_ATTR) or {}
+            forced = lease.get("pid") in also_pids and lease.get("host") == socket.gethostname()
+            if forced or _holder_is_gone(trial, stale_after_s, now):
+                _reap(study, trial, client, store_root, experiment_id)
+                reaped.append(trial.number)
     return reaped
 
 
+def _reap(study: optuna.Study, trial: optuna.trial.FrozenTrial, client: MlflowClient | None,
+          store_root: str | Path | None, experiment_id: str | None) -> None:
+    """Every step can be redone and the trial's state is written last: a reap cut anywhere
+    (the process killed) leaves the trial RUNNING, and the next reap finishes the job."""
+    from optuna.trial import TrialState
+
+    run = _trial_run(study, trial, client, experiment_id)
+    finished = run is not None and run.info.status == "FINISHED" and run.data.tags.get("state") in FINISHED_STATES
+    if finished and (run.data.tags["state"] == "PRUNED" or "best_val_acc" in trial.user_attrs):
+        if store_root is not None:  # what the worker would have done next
+            drop_checkpoints(study, trial.number, store_root)
+        if run.data.tags["state"] == "PRUNED":
+            study.tell(trial.number, state=TrialState.PRUNED, skip_if_finished=True)
+        else:
+            study.tell(trial.number, trial.user_attrs["best_val_acc"], skip_if_finished=True)
+        log.warning("trial %d finished but its worker died before recording it: recorded as %s",
+                    trial.number, run.data.tags["state"])
+        return
+    enqueue_resume(study, trial)
+    pause_at("reap.enqueued")
+    if run is not None:
+        client.set_tag(run.info.run_id, "state", "FAIL")
+        client.set_tag(run.info.run_id, "stop_reason", "worker_lost")
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, status="KILLED")
+    study._storage.set_trial_user_attr(trial._trial_id, "stop_reason", "worker_lost")
+    study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+    log.warning("trial %d lost its worker: marked FAIL and re-enqueued to resume from its checkpoint", trial.number)
+
+
+def enqueue_resume(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Enqueue the re-run of ``trial`` (same params, carried attrs, ``kdsweep.resume_of``) unless
+    one is already enqueued: that attr is the marker that makes a cut reap safe to redo.
+
+    A trial lost before it suggested its values has only the fixed params it was enqueued with."""
+    if any(t.user_attrs.get(RESUME_ATTR) == trial.number for t in study.get_trials(deepcopy=False)):
+        return
+    params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+    study.enqueue_trial(params, user_attrs={RESUME_ATTR: trial.number, **carried_attrs(trial)})
+
+
+def resume_chain(study: optuna.Study, number: int) -> list[int]:
+    """``number`` and the trials it re-runs, latest first: a re-run lost before it loaded its
+    checkpoint leaves that checkpoint to the next one."""
+    trials = study.get_trials(deepcopy=False)
+    chain: list[int] = []
+    while isinstance(number, int) and 0 <= number < len(trials) and number not in chain:
+        chain.append(number)
+        number = trials[number].user_attrs.get(RESUME_ATTR)
+    return chain
+
+
+def drop_checkpoints(study: optuna.Study, number: int, store_root: str | Path) -> None:
+    """Delete the epoch checkpoints of a finished trial and of the trials it re-ran."""
+    for n in resume_chain(study, number):
+        checkpoint_path(Path(store_root), study.study_name, n).unlink(missing_ok=True)
+
+
+def _trial_run(study: optuna.Study, trial: optuna.trial.FrozenTrial, client: MlflowClient | None,
+               experiment_id: str | None):
+    """The trial's MLflow run: by the trial's link, or found by its tags and linked (a worker
+    killed between creating the run and linking it); None when there is none."""
+    if client is None:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    run_id = trial.user_attrs.get(RUN_ATTR)
+    if run_id:
+        try:
+            return client.get_run(run_id)
+        except MlflowException:
+            return None
+    if experiment_id is None:
+        return None
+    found = [r for r in client.search_runs([experiment_id], filter_string=f"tags.`kdsweep.kind` = 'trial' and "
+                                           f"tags.`optuna.trial_number` = '{trial.number}'")
+             if r.data.tags.get("optuna.study") == study.study_name]
+    if not found:
+        return None
+    study._storage.set_trial_user_attr(trial._trial_id, RUN_ATTR, found[0].info.run_id)
+    return found[0]
+
+
 def close_orphan_runs(study: optuna.Study, client: MlflowClient, experiment_id: str) -> None:
-    """Close trial runs left RUNNING although their trial has finished (a crash between the two)."""
+    """Close the runs a crash left RUNNING: trial runs whose trial has finished, and repeat runs
+    (the KD verdict's) whose process on this host is dead."""
     from optuna.trial import TrialState
 
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING' and "
-                                  "tags.`kdsweep.kind` = 'trial'", max_results=10_000):
-        trial = by_number.get(int(run.data.tags.get("optuna.trial_number", -1)))
-        if trial is None or trial.state in (TrialState.RUNNING, TrialState.WAITING):
-            continue
-        client.set_tag(run.info.run_id, "state", trial.state.name)
-        client.set_terminated(run.info.run_id, status="FINISHED" if trial.state != TrialState.FAIL else "KILLED")
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=10_000):
+        tags = run.data.tags
+        if tags.get("kdsweep.kind") == "trial":
+            trial = by_number.get(int(tags.get("optuna.trial_number", -1)))
+            if trial is None or trial.state in (TrialState.RUNNING, TrialState.WAITING):
+                continue
+            client.set_tag(run.info.run_id, "state", trial.state.name)
+            client.set_terminated(run.info.run_id, status="FINISHED" if trial.state != TrialState.FAIL else "KILLED")
+        elif tags.get("kdsweep.kind") == "repeat" and _owner_is_gone(tags.get(OWNER_TAG)):
+            client.set_tag(run.info.run_id, "state", "CUT")
+            client.set_tag(run.info.run_id, "stop_reason", "worker_lost")
+            client.set_terminated(run.info.run_id, status="KILLED")
+
+
+def owner_tag() -> dict[str, str]:
+    """The tag naming the process that writes a run, so a later invocation can close it if that died."""
+    return {OWNER_TAG: f"{socket.gethostname()}:{os.getpid()}"}
+
+
+def _owner_is_gone(owner: str | None) -> bool:
+    host, _, pid = (owner or "").rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))

@@ -45,6 +45,7 @@ class SweepPlan:
     jobs: int = 1
     grid_points: int = 4
     repeats: int = DEFAULT_REPEATS
+    invocation: str = ""  # this run's id, in the leases of the trials it runs (set by run_sweep)
 
     @property
     def deadline(self) -> float:
@@ -116,11 +117,24 @@ class SweepPlan:
             return True
         from optuna.trial import TrialState
 
-        # Counted by start time, not number: trials enqueued by an earlier invocation (presets,
-        # re-runs of interrupted trials) have lower numbers but run in this one.
-        started = [t for t in trials if t.state != TrialState.WAITING and t.datetime_start is not None
-                   and t.datetime_start.timestamp() >= self.started_at]
+        # Counted by the invocation in their lease, not by number: trials enqueued by an earlier
+        # invocation (presets, re-runs of lost trials) have lower numbers but run in this one, and
+        # another invocation running the same study at the same time counts its own.
+        started = [t for t in trials if t.state != TrialState.WAITING and self._ran(t)]
         return len(started) < self.n_trials
+
+    def _ran(self, trial: optuna.trial.FrozenTrial) -> bool:
+        """Whether this invocation took ``trial`` up: its lease says so (by start time in a plan made
+        outside a sweep, which has no invocation id)."""
+        from sweeps.search.leases import LEASE_ATTR
+
+        lease = trial.user_attrs.get(LEASE_ATTR) or {}
+        if self.invocation:
+            # A trial another process has just asked for has no lease for a few milliseconds:
+            # counting it as ours could end this invocation before it ran a trial at all. Our own
+            # workers write the lease before they look again, so at worst --jobs N overshoots by one.
+            return lease.get("invocation") == self.invocation
+        return trial.datetime_start is not None and trial.datetime_start.timestamp() >= self.started_at
 
 
 def _twin_share(space: SearchSpace, trial: optuna.trial.FrozenTrial) -> float:

@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -27,7 +28,9 @@ from sweeps.search.space import SearchSpace
 from sweeps.search.worker import process_main, work
 from sweeps.tracking.logged_run import Prepared, prepare
 from sweeps.tracking.run_logger import RunLogger
-from sweeps.tracking.storage import display_url, open_storage
+from sweeps.tracking.consistency import check_linked_runs, check_tracking_store
+from sweeps.tracking.locks import FileLock
+from sweeps.tracking.storage import display_url, open_storage, storage_lock
 from sweeps.tracking.store import Store
 from sweeps.verdict.paired import incomplete_verdict
 
@@ -86,6 +89,7 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = plan.search_space()
     store = Store(Path(plan.store_root), plan.tracking_uri)
+    linked = check_tracking_store(store, plan.storage_url, plan.study)  # before anything is written
     view.update(Snapshot("teacher", time.time() - plan.started_at, plan.budget_s, note="preparing the teacher"))
     prepared = prepare(plan.task, store, device=space.fixed.get("device", "auto"))
     teacher_time = prepared.teacher.train_time_s if prepared.teacher.trained_now else 0.0
@@ -93,6 +97,7 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
     # The MLflow experiment, parent run and study are created here, once, before any worker
     # starts: concurrent creation of a fresh SQLite store races.
     client = store.client()
+    check_linked_runs(client, linked, plan.storage_url, plan.study)
     experiment_id = store.experiment(client, plan.study)
     parent = _open_parent_run(client, experiment_id, plan, space, prepared)
     study = optuna.create_study(study_name=plan.study, storage=open_storage(plan.storage_url),
@@ -101,9 +106,8 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
     study.set_user_attr("kdsweep.task", plan.task)
     invocation = int(study.user_attrs.get("kdsweep.invocations", 0)) + 1
     study.set_user_attr("kdsweep.invocations", invocation)
-    plan = replace(plan, experiment_id=experiment_id, parent_run_id=parent.run_id)
-    reap_stale_trials(study, client)
-    close_orphan_runs(study, client, experiment_id)
+    plan = replace(plan, experiment_id=experiment_id, parent_run_id=parent.run_id, invocation=uuid.uuid4().hex)
+    _reap(study, client, plan)
     if enqueue_presets:
         overrides.enqueue_presets(study, space)
     _log_invocation(parent, plan, prepared, teacher_time, invocation, sweep_file)
@@ -122,7 +126,7 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
             _tag_pareto(study, client, plan)
             parent.finish("KILLED" if interrupted.is_set() else "FINISHED")
     except KeyboardInterrupt:  # the second Ctrl-C: abort now, leaving nothing RUNNING
-        _abort(workers, study, client, parent)
+        _abort(workers, study, client, parent, plan)
         raise
     view.update(_snapshot(study, plan, "done"))
     return SweepSummary(plan.study, experiment_id, parent.run_id, display_url(plan.storage_url), plan.tracking_uri, wall,
@@ -132,16 +136,37 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
 
 def _open_parent_run(client: MlflowClient, experiment_id: str, plan: SweepPlan, space: SearchSpace,
                      prepared: Prepared) -> RunLogger:
-    """The study's parent run: reopened on resume, created with the study's fixed params otherwise."""
-    found = client.search_runs([experiment_id], filter_string=f"tags.`kdsweep.kind` = '{STUDY_KIND}'",
-                               max_results=1)
-    if found:
-        client.update_run(found[0].info.run_id, status="RUNNING")
-        return RunLogger(client, found[0].info.run_id)
-    params = {"task": plan.task, **{f"space.{k}": v for k, v in space.describe().items()},
-              "teacher_digest": prepared.teacher.digest[:16]}
-    return RunLogger.start(client, experiment_id, plan.study, params=params,
-                           tags={"kdsweep.kind": STUDY_KIND, "optuna.study": plan.study})
+    """The study's parent run: reopened on resume, created with the study's fixed params otherwise.
+
+    One per study whatever the race: processes sharing this store look and create under the
+    store's lock; processes elsewhere (one tracking server, two stores) may each create one, so
+    after creating, the oldest is kept and the others are deleted, tagged ``kdsweep.duplicate_of``.
+    """
+    created = None
+    with FileLock(plan.store_root):
+        if not _parent_runs(client, experiment_id):
+            params = {"task": plan.task, **{f"space.{k}": v for k, v in space.describe().items()},
+                      "teacher_digest": prepared.teacher.digest[:16]}
+            created = RunLogger.start(client, experiment_id, plan.study, params=params,
+                                      tags={"kdsweep.kind": STUDY_KIND, "optuna.study": plan.study})
+    kept = min(_parent_runs(client, experiment_id), key=lambda run: (run.info.start_time, run.info.run_id))
+    if created is not None and created.run_id != kept.info.run_id:
+        client.set_tag(created.run_id, "kdsweep.duplicate_of", kept.info.run_id)
+        client.set_terminated(created.run_id, status="KILLED")
+        client.delete_run(created.run_id)
+    client.update_run(kept.info.run_id, status="RUNNING")
+    return RunLogger(client, kept.info.run_id)
+
+
+def _parent_runs(client: MlflowClient, experiment_id: str) -> list:
+    return client.search_runs([experiment_id], filter_string=f"tags.`kdsweep.kind` = '{STUDY_KIND}'")
+
+
+def _reap(study: optuna.Study, client: MlflowClient, plan: SweepPlan, also_pids: set[int] = frozenset()) -> None:
+    """Finish the trials and close the runs whose process died (sweeps/search/leases.py)."""
+    reap_stale_trials(study, client, store_root=plan.store_root, experiment_id=plan.experiment_id,
+                      lock=storage_lock(plan.storage_url), also_pids=also_pids)
+    close_orphan_runs(study, client, plan.experiment_id)
 
 
 def _log_invocation(parent: RunLogger, plan: SweepPlan, prepared: Prepared, teacher_time: float,
@@ -169,7 +194,7 @@ def _start_workers(plan: SweepPlan, interrupted: threading.Event) -> list:
     context = multiprocessing.get_context("spawn")
     shared = context.Event()
     threads = max(1, (os.cpu_count() or 1) // plan.jobs)
-    processes = [context.Process(target=process_main, args=(plan, i, shared, threads), daemon=False)
+    processes = [context.Process(target=process_main, args=(plan, i, shared, threads, os.getpid()), daemon=False)
                  for i in range(plan.jobs)]
     for process in processes:
         process.start()
@@ -213,7 +238,7 @@ def _watch(study: optuna.Study, plan: SweepPlan, workers: list, client: MlflowCl
             w.join(timeout=_POLL_S / len(workers))
         now = time.time()
         if now - last_reap > _REAP_EVERY_S:
-            reap_stale_trials(study, client)
+            _reap(study, client, plan)
             last_reap = now
         snapshot = _snapshot(study, plan, "trials", note="finishing (Ctrl-C again aborts)" if interrupted.is_set() else "")
         if snapshot.best and snapshot.best[0] != best_number:
@@ -223,10 +248,9 @@ def _watch(study: optuna.Study, plan: SweepPlan, workers: list, client: MlflowCl
             _tag_pareto(study, client, plan)
             tagged_complete, last_pareto = snapshot.counts["COMPLETE"], now
         view.update(snapshot)
-    # Worker processes that died (killed, out of memory) leave RUNNING trials behind: reap them now.
-    dead = {w.pid for w in workers if isinstance(w, multiprocessing.process.BaseProcess)}
-    if dead:
-        reap_stale_trials(study, client, also_pids=dead)
+    # Worker processes that died (killed, out of memory) leave RUNNING trials behind, and so may
+    # an earlier invocation that died in a short window: reap them now.
+    _reap(study, client, plan, also_pids={w.pid for w in workers if isinstance(w, multiprocessing.process.BaseProcess)})
 
 
 def _tag_pareto(study: optuna.Study, client: MlflowClient, plan: SweepPlan) -> None:
@@ -302,13 +326,28 @@ def _verdict(study: optuna.Study, plan: SweepPlan, space: SearchSpace, prepared:
     return verdict
 
 
-def _abort(workers: list, study: optuna.Study, client: MlflowClient, parent: RunLogger) -> None:
+def _abort(workers: list, study: optuna.Study, client: MlflowClient, parent: RunLogger, plan: SweepPlan) -> None:
     pids = {os.getpid()}
     for worker in workers:
         if isinstance(worker, multiprocessing.process.BaseProcess):
             pids.add(worker.pid)
             worker.kill()
             worker.join()
-    reap_stale_trials(study, client, also_pids=pids)
-    parent.log_metrics({}, tags={"state": "ABORTED"})
-    parent.finish("KILLED")
+    # With --jobs 1 the worker thread may still be closing its run: SQLite can then answer
+    # "database is locked" at once (a lock upgrade), so these last writes are retried.
+    _when_unlocked(lambda: _reap(study, client, plan, also_pids=pids))
+    _when_unlocked(lambda: parent.log_metrics({}, tags={"state": "ABORTED"}))
+    _when_unlocked(lambda: parent.finish("KILLED"))
+
+
+def _when_unlocked(write, tries: int = 10, pause_s: float = 0.3) -> None:
+    """Run ``write``, again after a pause while the MLflow SQLite store says it is locked."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(tries):
+        try:
+            return write()
+        except MlflowException as error:
+            if "database is locked" not in str(error) or attempt == tries - 1:
+                raise
+            time.sleep(pause_s)

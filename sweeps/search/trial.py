@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from kdcore import EpochResult, StopTraining
 from kdcore._files import load_safe, save_atomic
+from sweeps._pause import pause_at
 from sweeps.tracking.logged_run import Prepared, run_params, train_logged
-from sweeps.search.leases import RESUME_ATTR, RUN_ATTR, Lease, checkpoint_path
-from sweeps.search.overrides import OVERRIDES_ATTR, PRESET_ATTR, carried_attrs, trial_config
+from sweeps.search.leases import (RESUME_ATTR, RUN_ATTR, Lease, checkpoint_path, drop_checkpoints, enqueue_resume,
+                                  resume_chain)
+from sweeps.search.overrides import OVERRIDES_ATTR, PRESET_ATTR, trial_config
 from sweeps.tracking.run_logger import RunLogger
 
 if TYPE_CHECKING:
@@ -37,9 +39,14 @@ def run_trial(
     client: MlflowClient,
     interrupt: threading.Event,
 ) -> None:
-    """Run ``trial`` to the end and tell the study how it ended; never leaves it RUNNING."""
+    """Run ``trial`` to the end and tell the study how it ended; never leaves it RUNNING.
+
+    The lease comes first, before anything slow (sampling, the MLflow run): a trial RUNNING
+    without one is taken for lost after a few seconds (sweeps/search/leases.py).
+    """
     try:
-        _run_trial(study, trial, plan, prepared, client, interrupt)
+        with Lease(study, trial._trial_id, plan.invocation):
+            _run_trial(study, trial, plan, prepared, client, interrupt)
     except Exception as error:  # a broken trial must not end the sweep, nor stay RUNNING
         log.warning("trial %d failed: %s: %s", trial.number, type(error).__name__, error)
         _fail(study, trial, client)
@@ -67,7 +74,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, plan: SweepPlan, prepar
     overrides = trial.user_attrs.get(OVERRIDES_ATTR) or {}
     space.suggest(trial, skip=overrides)
     config = trial_config(space, trial)
-    resume, resumed_from = _resume_state(trial, plan)
+    resume, resumed_from = _resume_state(study, trial, plan)
     logger = RunLogger.start(
         client, plan.experiment_id, f"trial-{trial.number:04d}",
         params=run_params(prepared, config), parent_run_id=plan.parent_run_id,
@@ -83,11 +90,10 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, plan: SweepPlan, prepar
         if trial.should_prune():
             raise StopTraining("pruned")
 
-    with Lease(study, trial._trial_id):
-        run = train_logged(
-            prepared, config, logger, on_epoch=report, resume=resume, interrupt=interrupt,
-            deadline=plan.trials_deadline(study.get_trials(deepcopy=False)),
-            on_checkpoint=lambda state: save_atomic(state, own_checkpoint))
+    run = train_logged(
+        prepared, config, logger, on_epoch=report, resume=resume, interrupt=interrupt,
+        deadline=plan.trials_deadline(study.get_trials(deepcopy=False)),
+        on_checkpoint=lambda state: save_atomic(state, own_checkpoint))
 
     result = run.result
     state = _STATE_BY_STOP.get(result.stop_reason, "COMPLETE")
@@ -111,27 +117,31 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, plan: SweepPlan, prepar
     }.items():
         trial.set_user_attr(key, value)
     logger.finish("KILLED" if result.stop_reason == "interrupted" else "FINISHED")
+    pause_at("trial.finished")
+    # From here a crash leaves a RUNNING trial whose run is closed: the reaper records a FINISHED
+    # run's result, and finds the re-run of an interrupted one already enqueued (enqueued first).
 
     if result.stop_reason == "interrupted":
+        enqueue_resume(study, study._storage.get_trial(trial._trial_id))
         study.tell(trial, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={RESUME_ATTR: trial.number, **carried_attrs(trial)})
         return
-    own_checkpoint.unlink(missing_ok=True)
-    if resumed_from is not None:
-        checkpoint_path(plan.store_root, plan.study, resumed_from).unlink(missing_ok=True)
+    drop_checkpoints(study, trial.number, plan.store_root)
     if state == "PRUNED":
         study.tell(trial, state=TrialState.PRUNED)
     else:
         study.tell(trial, result.best_val_acc)
 
 
-def _resume_state(trial: optuna.Trial, plan: SweepPlan) -> tuple[dict[str, Any] | None, int | None]:
-    """The last epoch state of the trial this one re-runs, if it left one."""
+def _resume_state(study: optuna.Study, trial: optuna.Trial,
+                  plan: SweepPlan) -> tuple[dict[str, Any] | None, int | None]:
+    """The last epoch state of the trial this one re-runs, if it left one (or, when that re-run
+    was itself lost before loading one, the state of the trial it re-ran, and so on)."""
     previous = trial.user_attrs.get(RESUME_ATTR)
     if previous is None:
         return None, None
-    path = checkpoint_path(plan.store_root, plan.study, previous)
-    if not path.exists():
+    paths = [checkpoint_path(plan.store_root, plan.study, n) for n in resume_chain(study, previous)]
+    path = next((p for p in paths if p.exists()), None)
+    if path is None:
         return None, previous
     try:
         state = load_safe(path)

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kdcore import ConfigError
+from kdcore import ConfigError, KDSweepError
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
+
+    from sweeps.tracking.locks import FileLock
 
 DEFAULT_JOURNAL = "optuna.journal"
 _RDB_SCHEMES = ("sqlite://", "postgresql://", "postgresql+psycopg2://", "postgresql+psycopg://",
                 "mysql://", "mysql+pymysql://")
 _JOURNAL_SUFFIXES = (".journal", ".log", ".jsonl")
+
+
+class StoreDamagedError(KDSweepError):
+    """A store file (the Optuna journal, the MLflow database) is damaged or missing while the other
+    still refers to it; nothing was written. The CLI exits with code 1: the input was fine."""
+
+    exit_code = 1
 
 
 def display_url(url: str) -> str:
@@ -54,19 +64,44 @@ def check_storage_url(url: str) -> None:
 
 
 def open_storage(url: str) -> BaseStorage:
-    """The Optuna storage at ``url``; ConfigError when it cannot be reached.
+    """The Optuna storage at ``url``; ConfigError when it cannot be reached, JournalCorruptError
+    (exit code 1) when its journal file is damaged.
 
     The journal file is the default: Optuna advises against SQLite for parallel workers, and a
-    journal is safe to create and append to from several processes.
+    journal is safe to create and append to from several processes. kdsweep opens it through
+    CheckedJournalBackend (sweeps/tracking/journal.py): a torn or foreign tail is never appended to.
+    A SQLite database is created under a file lock: Optuna's schema creation is not safe when
+    several processes start on a fresh file at once.
     """
     import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    from sweeps.tracking.journal import open_journal
+    from sweeps.tracking.locks import FileLock
 
     check_storage_url(url)  # the caller creates the default journal's folder first
     if not url.startswith(_RDB_SCHEMES):
-        return JournalStorage(JournalFileBackend(url))
+        return open_journal(url)
     try:
+        if url.startswith("sqlite:///"):
+            with FileLock(_sqlite_file(url)):
+                return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except Exception as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"cannot open Optuna storage '{display_url(url)}': {first_line}") from None
+
+
+def storage_lock(url: str) -> FileLock | contextlib.nullcontext:
+    """A lock all kdsweep processes on this storage share (reaping lost trials takes it): a file lock
+    next to a journal or SQLite file; nothing yet for a server database (PostgreSQL: issue 11)."""
+    from sweeps.tracking.locks import FileLock
+
+    if url.startswith("sqlite:///"):
+        return FileLock(_sqlite_file(url) + ".reap")
+    if "://" not in url:
+        return FileLock(url + ".reap")  # not the journal's own lock, which every append takes
+    return contextlib.nullcontext()
+
+
+def _sqlite_file(url: str) -> str:
+    return url.removeprefix("sqlite:///").split("?", 1)[0]

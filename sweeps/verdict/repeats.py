@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from kdcore.config import no_kd_twin
+from sweeps.search.leases import owner_tag
 from sweeps.tracking.logged_run import Prepared, run_params, train_logged
 from sweeps.tracking.run_logger import RunLogger
 from sweeps.verdict.paired import Pair, complete_verdict, incomplete_verdict
@@ -138,7 +139,8 @@ def _run_arm(prepared: Prepared, config: TrainConfig, arm: str, repeat: int, cli
              interrupt: threading.Event | None) -> ArmRun:
     """One arm as its own MLflow run (not a child of the parent: child runs are trials)."""
     logger = RunLogger.start(client, experiment_id, f"repeat-{repeat}-{arm}", params=run_params(prepared, config),
-                             tags={**tags, "kdsweep.arm": arm, "kdsweep.repeat": str(repeat), "state": "RUNNING"})
+                             tags={**tags, "kdsweep.arm": arm, "kdsweep.repeat": str(repeat), "state": "RUNNING",
+                                   **owner_tag()})  # a later invocation closes it if this process dies
     try:
         run = train_logged(prepared, config, logger, deadline=deadline, interrupt=interrupt)
     except KeyboardInterrupt:  # a second Ctrl-C: train_logged closed the run KILLED; mark it cut

@@ -1,0 +1,31 @@
+"""A test hook: ``KDSWEEP_TEST_PAUSE_AT=<point>`` makes a process stop for good at that point.
+
+The crash tests (tests/test_chaos.py) use it to SIGKILL ``kdsweep run`` inside a crash window
+that is otherwise milliseconds wide. On reaching the named point the process writes its pid to
+``$KDSWEEP_TEST_PAUSE_FILE`` (when set), then sleeps until it is killed. Unset, it costs one
+dictionary lookup. The points:
+
+- ``popped``: a worker took an enqueued trial (now RUNNING) and has not written its lease yet.
+- ``reap.enqueued``: the reaper re-enqueued a lost trial and has not yet failed it.
+- ``trial.finished``: a trial's MLflow run is closed FINISHED and its study.tell is not done yet.
+- ``journal.locked``: a process holds the journal's lock, in the middle of an append.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+ENV = "KDSWEEP_TEST_PAUSE_AT"
+FILE_ENV = "KDSWEEP_TEST_PAUSE_FILE"
+
+
+def pause_at(point: str) -> None:
+    """Stop here for good if ``$KDSWEEP_TEST_PAUSE_AT`` names ``point``."""
+    if os.environ.get(ENV) != point:
+        return
+    if os.environ.get(FILE_ENV):
+        with open(os.environ[FILE_ENV], "a") as marker:
+            marker.write(f"{os.getpid()}\n")
+    while True:
+        time.sleep(3600)
