@@ -49,7 +49,7 @@ def main() -> None:
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
-    print(f"| regime | K | distilled | no-KD | gain [95% CI] | verdict | wall s |\n|---|---|---|---|---|---|---|")
+    print("| regime | K | distilled | no-KD | gain [95% CI] | verdict | wall s |\n|---|---|---|---|---|---|---|")
     for name in args.only or REGIMES:
         task, flags = REGIMES[name]
         started = time.perf_counter()

@@ -1,9 +1,11 @@
-"""What every command shares: one-line errors with exit code 2, YAML files, the console."""
+"""What every command shares: one-line errors (exit code 2 for bad input, 1 for a damaged store),
+YAML files read with bounds, the console."""
 
 from __future__ import annotations
 
 import functools
 import logging
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,16 +20,34 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def fail(message: str) -> typer.Exit:
-    """Print ``error: message`` on one line to stderr; return the exit-2 exception to raise."""
+# A word of a message (a value echoed back, a path) longer than this is cut in the middle, and a
+# whole message longer than _MAX_MESSAGE too: a 50 MB value must not come back as a 50 MB line.
+_MAX_WORD = 120
+_MAX_MESSAGE = 1000
+MAX_CONFIG_BYTES = 1 << 20  # a config file holds a few dozen settings
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line, with over-long words (echoed values, paths) and the whole cut short."""
+    text = " ".join(message.split())
+    text = re.sub(rf"\S{{{_MAX_WORD + 1},}}", lambda m: f"{m[0][:60]}...[{len(m[0])} chars]...{m[0][-40:]}", text)
+    if len(text) > _MAX_MESSAGE:
+        text = f"{text[:700]} ...[{len(text)} chars]... {text[-250:]}"
+    return text
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print ``error: message`` on one line to stderr; return the exception (exit ``code``) to raise."""
     from rich.markup import escape
 
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
+    err_console.print(f"[bold red]error:[/] {escape(one_line(message))}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=code)
 
 
 def user_errors(command: F) -> F:
-    """Turn kdsweep's own errors (bad input) into one line on stderr and exit code 2."""
+    """Turn kdsweep's own errors into one line on stderr: exit code 2 for bad input, or the error's
+    own ``exit_code`` (1 for a damaged store). An OS error on a named file (a full disk, a folder
+    without permission) is one line with exit code 1 as well."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -37,31 +57,76 @@ def user_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except KDSweepError as error:
-            raise fail(str(error)) from None
+            raise fail(str(error), getattr(error, "exit_code", 2)) from None
+        except OSError as error:
+            if error.filename is None or error.strerror is None:
+                raise
+            raise fail(f"cannot use {error.filename}: {error.strerror}", 1) from None
 
     return wrapper
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    """A YAML mapping from ``path`` (safe_load); ConfigError if missing, malformed or not a mapping."""
+    """The settings of a YAML config file; ConfigError if it cannot be read or is not a mapping."""
+    return read_config(path)[1]
+
+
+def read_config(path: Path) -> tuple[str, dict[str, Any]]:
+    """The text of a YAML config file and the mapping it holds. ConfigError (one line, the file
+    untouched) when it is missing, over 1 MB, not UTF-8, not YAML, uses aliases, or is not a mapping."""
     import yaml
 
     from kdcore.errors import ConfigError
 
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        with Path(path).open("rb") as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is over {MAX_CONFIG_BYTES >> 20} MB: a config holds a few "
+                          "settings; give the right file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{raw[error.start]:02x} at offset "
+                          f"{error.start}): give a YAML file") from None
+    try:
+        data = yaml.load(text, Loader=_no_alias_loader(path))  # noqa: S506 (a SafeLoader)
+    except ConfigError:
+        raise
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""
         raise ConfigError(f"config file {path} is not valid YAML{line}: "
                           f"{getattr(error, 'problem', None) or error}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} nests too deeply: write plain settings") from None
+    except ValueError as error:  # a value YAML reads but Python refuses (a 5000-digit integer, 2001-13-45)
+        raise ConfigError(f"config file {path} holds a value that cannot be read ({str(error).split(';')[0]}): "
+                          "fix or remove it") from None
     if data is None:
-        return {}
+        return text, {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
-    return data
+    return text, data
+
+
+def _no_alias_loader(path: Path) -> type:
+    """yaml's SafeLoader without aliases: ``*name`` lets a few hundred bytes expand into gigabytes."""
+    import yaml
+
+    from kdcore.errors import ConfigError
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise ConfigError(f"config file {path} uses the YAML alias *{event.anchor} at line "
+                                  f"{event.start_mark.line + 1}: aliases are not allowed; write the value out")
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
 
 
 def given(**flags: Any) -> dict[str, Any]:

@@ -2,29 +2,96 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from cli import query as query_commands
 from cli import run as run_commands
 from cli import train as train_commands
+from cli._common import fail
+
+try:  # Typer 0.2x carries its own copy of Click; older Typer uses Click itself
+    from typer._click import Context
+    from typer._click import exceptions as _click_errors
+except ImportError:  # pragma: no cover
+    from click import Context
+    from click import exceptions as _click_errors
+
+UsageError = _click_errors.UsageError
+NoArgsIsHelpError = getattr(_click_errors, "NoArgsIsHelpError", ())  # Click >= 8.2: `kdsweep` alone
+
+
+def _usage_error(error: UsageError, args: list[str]) -> typer.Exit:
+    """Click's usage error (a value of the wrong type or out of range, an unknown option or command,
+    a missing argument) as one ``error:`` line with its exit code (2), instead of Click's usage box."""
+    command = error.ctx.command_path if error.ctx is not None else "kdsweep"
+    message = error.format_message().replace("Value error, ", "").rstrip(".")
+    value = _value_given(getattr(error, "param", None), args)
+    got = f" (got {value!r})" if value is not None and repr(value) not in message else ""
+    return fail(f"{message}{got}: see `{command} --help`", error.exit_code)
+
+
+def _value_given(param: Any, args: list[str]) -> str | None:
+    """The last value given on the command line to option ``param`` (Click's message may not say)."""
+    names = [*getattr(param, "opts", []), *getattr(param, "secondary_opts", [])]
+    value = None
+    for i, token in enumerate(args):
+        for name in names:
+            if not name.startswith("-"):
+                continue
+            if token == name and i + 1 < len(args):
+                value = args[i + 1]
+            elif token.startswith(f"{name}="):
+                value = token[len(name) + 1:]
+    return value
+
+
+class _OneLineUsageErrors:
+    """Mixed into Typer's command and group classes: usage errors are raised while parsing."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Context | None = None,
+                     **extra: Any) -> Context:
+        given = list(args)  # Click consumes ``args`` as it parses
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)  # type: ignore[misc]
+        except NoArgsIsHelpError:
+            raise  # `kdsweep` alone prints the help
+        except UsageError as error:
+            raise _usage_error(error, given) from None
+
+
+class OneLineCommand(_OneLineUsageErrors, TyperCommand):
+    pass
+
+
+class OneLineGroup(_OneLineUsageErrors, TyperGroup):
+    def resolve_command(self, ctx: Context, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except UsageError as error:  # an unknown command
+            raise _usage_error(error, args) from None
+
 
 app = typer.Typer(
     name="kdsweep",
     help="Search knowledge-distillation settings with Optuna; compare every trial in MLflow.",
+    cls=OneLineGroup,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.command(rich_help_panel="Search")(run_commands.run)
-app.command(rich_help_panel="Train")(train_commands.train)
-app.command(rich_help_panel="Train")(train_commands.teacher)
-app.command(rich_help_panel="Query")(query_commands.studies)
-app.command(rich_help_panel="Query")(query_commands.trials)
-app.command(rich_help_panel="Query")(query_commands.best)
-app.command(rich_help_panel="Query")(query_commands.pareto)
-app.command(rich_help_panel="Query")(query_commands.compare)
-app.command(rich_help_panel="Query")(query_commands.report)
-app.command(rich_help_panel="Query")(query_commands.ui)
+app.command(cls=OneLineCommand, rich_help_panel="Search")(run_commands.run)
+app.command(cls=OneLineCommand, rich_help_panel="Train")(train_commands.train)
+app.command(cls=OneLineCommand, rich_help_panel="Train")(train_commands.teacher)
+app.command(cls=OneLineCommand, rich_help_panel="Query")(query_commands.studies)
+app.command(cls=OneLineCommand, rich_help_panel="Query")(query_commands.trials)
+app.command(cls=OneLineCommand, rich_help_panel="Query")(query_commands.best)
+app.command(cls=OneLineCommand, rich_help_panel="Query")(query_commands.pareto)
+app.command(cls=OneLineCommand, rich_help_panel="Query")(query_commands.compare)
+app.command(cls=OneLineCommand, rich_help_panel="Query")(query_commands.report)
+app.command(cls=OneLineCommand, rich_help_panel="Query")(query_commands.ui)
 
 if __name__ == "__main__":
     app()

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli._common import given, read_yaml, user_errors
+from cli._common import given, read_config, user_errors
 from cli.train import StoreOpt, TaskOpt, TrackingOpt
 
 _SEARCH = "Search"
@@ -20,11 +20,11 @@ def run(
     config: Annotated[Optional[Path], typer.Option("--config", help="Sweep YAML: run options, `space:` and fixed `train:` settings.")] = None,
     budget: Annotated[Optional[str], typer.Option(help="Wall-clock budget of the whole run, teacher included: 2h, 45m, 90s [default: 15m].")] = None,
     n_trials: Annotated[Optional[int], typer.Option(help="Stop after this many trials (in this run).")] = None,
-    study: Annotated[Optional[str], typer.Option(help="Study name; an existing study resumes [default: the config file's name, else the task].")] = None,
-    jobs: Annotated[Optional[int], typer.Option(help="Parallel worker processes [default: 1].")] = None,
+    study: Annotated[Optional[str], typer.Option(help="Study name (letters, digits, _ . -); an existing study resumes [default: the config file's name, else the task].")] = None,
+    jobs: Annotated[Optional[int], typer.Option(help="Parallel worker processes, at most 4 per CPU core [default: 1].")] = None,
     sampler: Annotated[Optional[str], typer.Option(help="tpe, random, grid, cmaes or qmc [default: tpe].", rich_help_panel=_SEARCH)] = None,
     pruner: Annotated[Optional[str], typer.Option(help="median, hyperband or none [default: median].", rich_help_panel=_SEARCH)] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Sampler seed [default: 0].", rich_help_panel=_SEARCH)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Sampler seed, 0 to 2**32-1 [default: 0].", rich_help_panel=_SEARCH)] = None,
     min_epochs: Annotated[Optional[int], typer.Option(help="A trial starts only if this many epochs fit in the time left; pruning starts after them [default: 3].", rich_help_panel=_SEARCH)] = None,
     enqueue_presets: Annotated[Optional[bool], typer.Option("--enqueue-presets", help="Try the named presets first, each with all its settings (epochs, batch, accumulation, ...); data_fraction, data_seed, transfer_ratio and device stay the study's.", rich_help_panel=_SEARCH)] = None,
     repeats: Annotated[Optional[int], typer.Option(help="KD verdict: train the best trial's config and its no-KD twin this many times each (paired seeds) for a 95% interval of the gain; 0 skips it, 1 is too few [default: 3].", rich_help_panel=_SEARCH)] = None,
@@ -40,12 +40,12 @@ def run(
     from sweeps.search.plan import DEFAULT_REPEATS, SweepPlan
     from sweeps.search.checks import check_sweep
     from sweeps.tracking.storage import default_storage_url
-    from sweeps.tracking.store import Store
+    from sweeps.tracking.store import Store, folder_name
     from sweeps.search.sweep_file import DEFAULT_BUDGET, SweepFile
 
     # Everything is checked before anything is written. Precedence: defaults < file < flags.
-    text = config.read_text() if config and config.is_file() else None
-    file = make_config(SweepFile, **(read_yaml(config) if config else {}))
+    text, settings = read_config(config) if config else (None, {})
+    file = make_config(SweepFile, **settings)
     options = {**file.model_dump(exclude_none=True), **given(
         task=task, budget=budget, n_trials=n_trials, study=study, jobs=jobs, sampler=sampler, pruner=pruner,
         seed=seed, min_epochs=min_epochs, enqueue_presets=enqueue_presets, storage=storage, repeats=repeats)}
@@ -53,7 +53,8 @@ def run(
     fixed = with_task_defaults(options.get("space"), options.get("train", {}), get_task(task_spec).defaults())
     paths = Store.resolve(store, tracking_uri)
     plan = SweepPlan(
-        study=options.get("study") or (config.stem if config else task_spec.replace(":", "-")),
+        study=options["study"] if "study" in options
+        else folder_name(config.stem if config else task_spec.replace(":", "-")),
         task=task_spec, store_root=str(paths.root), tracking_uri=paths.tracking_uri,
         storage_url=options.get("storage") or default_storage_url(paths.root),
         space=options.get("space"), fixed=fixed,
@@ -66,7 +67,7 @@ def run(
     from cli.sweep_view import print_summary, sweep_view
     from sweeps.search.sweep import run_sweep
 
-    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.create()
     try:
         with sweep_view() as view:
             summary = run_sweep(plan, view, enqueue_presets=bool(options.get("enqueue_presets")), sweep_file=text)

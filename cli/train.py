@@ -74,7 +74,9 @@ def train(
     from sweeps.tracking.store import Store
 
     paths = Store.resolve(store, tracking_uri)
+    paths.check_database()
     paths.check_reachable()
+    paths.create()
     prepared = prepare_task(task_spec, paths, train_config.device)
     client = paths.client()
     experiment_id = paths.experiment(client, experiment)
@@ -150,10 +152,13 @@ def teacher(
     store: StoreOpt = None,
 ) -> None:
     """Train (or load) the task's teacher, save it in the store and cache its outputs."""
-    from kdcore import DEFAULT_TASK, get_task
+    from kdcore import DEFAULT_TASK, TrainConfig, check_config, get_task, make_config
 
-    get_task(task or DEFAULT_TASK)
+    task_object = get_task(task or DEFAULT_TASK)
+    check_config(task_object, make_config(TrainConfig, **{**task_object.defaults(), "device": device}))
     from cli._prepare import prepare_task
     from sweeps.tracking.store import Store
 
-    prepare_task(task or DEFAULT_TASK, Store.resolve(store), device)
+    paths = Store.resolve(store)
+    paths.create()
+    prepare_task(task or DEFAULT_TASK, paths, device)

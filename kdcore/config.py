@@ -69,12 +69,23 @@ def _allowed(field: pydantic.fields.FieldInfo) -> str:
     return str(field.annotation.__name__ if hasattr(field.annotation, "__name__") else field.annotation)
 
 
+class _Shown:
+    """A value as an error message shows it: its repr, cut in the middle past 80 characters, so a
+    50 MB value gives a readable one-line message."""
+
+    def __init__(self, value: Any) -> None:
+        self.text = repr(value)
+
+    def __repr__(self) -> str:
+        return self.text if len(self.text) <= 80 else f"{self.text[:50]}...{self.text[-20:]}"
+
+
 def describe_validation_error(model: type[BaseModel], error: pydantic.ValidationError) -> str:
     """One line naming each bad field, the value given and what is allowed."""
     problems = []
     for item in error.errors():
         name = ".".join(str(part) for part in item["loc"]) or "config"
-        value = item.get("input")
+        value = _Shown(item.get("input"))
         field = model.model_fields.get(str(item["loc"][0])) if item["loc"] else None
         if item["type"] == "extra_forbidden":
             known = ", ".join(model.model_fields)

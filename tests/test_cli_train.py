@@ -132,64 +132,7 @@ def test_flags_override_the_config_file(tmp_path, store_with_teacher):
     assert int(params["epochs"]) == 2  # from the file
 
 
-# Each case: the flags after "train --task digits" (a repeated option: the last one wins), and
-# what the one error line must name.
-BAD_INPUT = {
-    "temperature-zero": (["--temperature", "0"], ["temperature=0.0"]),
-    "temperature-negative": (["--temperature", "-1"], ["temperature=-1.0"]),
-    "alpha-negative": (["--alpha", "-0.1"], ["alpha=-0.1"]),
-    "alpha-above-one": (["--alpha", "1.5"], ["alpha=1.5"]),
-    "ratio-zero": (["--ratio", "0"], ["ratio=0.0"]),
-    "ratio-above-one": (["--ratio", "1.5"], ["ratio=1.5"]),
-    "lr-zero": (["--lr", "0"], ["lr=0.0"]),
-    "lr-negative": (["--lr", "-0.001"], ["lr=-0.001"]),
-    "data-fraction-zero": (["--data-fraction", "0"], ["data_fraction=0.0"]),
-    "data-fraction-above-one": (["--data-fraction", "1.5"], ["data_fraction=1.5"]),
-    "unknown-task": (["--task", "no_such_task"], ["no_such_task"]),
-    "malformed-yaml": (["--config", "{config}"], ["bad.yaml", "not valid YAML"]),
-    "unknown-yaml-key": (["--config", "{config}"], ["bogus_key"]),
-    "temperature-inf": (["--temperature", "inf"], ["temperature=inf", "finite"]),
-    "temperature-underflow": (["--temperature", "1e-30"], ["temperature=1e-30", "[0.05, 100]"]),
-    "lr-inf": (["--lr", "inf"], ["lr=inf", "finite"]),
-    "lr-nan": (["--lr", "nan"], ["lr=nan", "finite"]),
-    "device-bogus": (["--device", "bogus"], ["device='bogus'", "'cpu'"]),
-    "device-without-cuda": (["--device", "cuda"], ["device='cuda'", "not available"]),
-    "task-not-a-factory": (["--task", "os:system"], ["os:system", "takes no arguments"]),
-    "task-not-callable": (["--task", "os:sep"], ["os:sep", "not a callable"]),
-    "transfer-without-pool": (["--transfer-ratio", "2", "--data-fraction", "1"], ["transfer_ratio=2", "unlabelled"]),
-    "transfer-negative": (["--transfer-ratio", "-1"], ["transfer_ratio=-1.0"]),
-    "repeats-one": (["--repeats", "1"], ["--repeats 1", "at least 2"]),
-    "repeats-without-kd": (["--repeats", "3", "--alpha", "0"], ["alpha=0", "no KD"]),
-}
-CONFIG_TEXT = {"malformed-yaml": "temperature: [1, 2\nalpha: 0.5\n", "unknown-yaml-key": "bogus_key: 1\n"}
-
-
-@pytest.mark.parametrize("case", list(BAD_INPUT))
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # anything written to the working directory would show up here
-    config = tmp_path / "bad.yaml"
-    if case in CONFIG_TEXT:
-        config.write_text(CONFIG_TEXT[case])
-    flags, named = BAD_INPUT[case]
-    store = tmp_path / "store"
-
-    result = invoke("train", "--task", "digits", *[f.format(config=config) for f in flags], "--store", store)
-
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error:")
-    assert all(part in lines[0] for part in named), lines[0]
-    assert not store.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == (["bad.yaml"] if case in CONFIG_TEXT else [])
-
-
-def test_bad_value_that_looks_like_markup_exits_2_with_one_line(tmp_path):
-    result = invoke("train", "--task", "[/x]", "--store", tmp_path / "store")
-
-    assert result.exit_code == 2, result.output
-    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
-    assert "[/x]" in result.stderr
+# Bad input to `kdsweep train` (and every other command): tests/test_bad_input_corpus.py.
 
 
 def test_warnings_of_a_second_invocation_reach_its_stderr(store_with_teacher):

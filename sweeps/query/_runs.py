@@ -49,23 +49,23 @@ class ExperimentRuns:
 
 
 def experiment_runs(store: Store, experiment: str, client: MlflowClient | None = None) -> ExperimentRuns:
-    """All active runs of ``experiment`` in ``store``: by SQL on a SQLite store unless ``client`` is given."""
-    path = _sqlite_path(store.tracking_uri)
+    """All active runs of ``experiment`` in ``store``: by SQL on a SQLite store unless ``client`` is given.
+    A SQLite file that is missing or empty has no runs (it is not created); a damaged one raises
+    StoreDamagedError (exit 1)."""
+    path = store.database
     if client is None and path is not None:
-        if not path.exists():
+        problem = store.database_problem()
+        if problem in ("missing", "empty"):
             return ExperimentRuns(None)
+        if problem is not None:
+            raise store.damaged(problem)
         try:
             return _read_sqlite(path, experiment)
-        except sqlite3.Error:
+        except sqlite3.OperationalError:
             pass  # a schema this reader does not know: ask MLflow itself
+        except sqlite3.DatabaseError as error:  # not a database, malformed
+            raise store.damaged(str(error)) from None
     return _read_client(client or store.client(), experiment)
-
-
-def _sqlite_path(tracking_uri: str) -> Path | None:
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    path = tracking_uri.removeprefix("sqlite:///")
-    return Path(path) if path and ":memory:" not in path else None
 
 
 def _read_sqlite(path: Path, experiment: str) -> ExperimentRuns:

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 from kdcore import ConfigError
 from sweeps.query import _where
 from sweeps.query._runs import ExperimentRuns, experiment_runs
-from sweeps.tracking.storage import default_storage_url, open_storage
-from sweeps.tracking.store import Store
+from sweeps.tracking.storage import StoreDamagedError, default_storage_url, display_url, open_storage
+from sweeps.tracking.store import Store, check_storage_path
 
 if TYPE_CHECKING:
     import optuna
@@ -72,6 +72,7 @@ class Sources:
     def storage(self) -> optuna.storages.BaseStorage:
         """The Optuna storage, without creating it when it does not exist yet."""
         url = self.storage_url
+        check_storage_path(url)
         file = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None if "://" in url else url
         if file is not None and not Path(file).exists():
             raise ConfigError(f"no Optuna storage at {url}: run `kdsweep run` first, or point --store/--storage "
@@ -97,7 +98,24 @@ def trials(study: str, *, storage: str | None = None, tracking_uri: str | None =
     run id and the checkpoint URI. Numbers are numbers: floats, and ``Int64`` for counts.
     """
     sources = Sources.resolve(storage, tracking_uri, store)
-    return trial_frame(sources.study(study), experiment_runs(sources.store, study))
+    opened = sources.study(study)
+    runs = experiment_runs(sources.store, study)
+    check_runs_found(opened, runs, sources.store)
+    return trial_frame(opened, runs)
+
+
+def check_runs_found(study: optuna.Study, runs: ExperimentRuns, store: Store) -> None:
+    """StoreDamagedError (exit 1) when the study's trials point at MLflow runs but the tracking store
+    has no experiment for the study: its database is gone, empty, or not the one the study ran with."""
+    if runs.experiment_id is not None:
+        return
+    linked = sum(bool(t.user_attrs.get("mlflow_run_id")) for t in study.get_trials(deepcopy=False))
+    if not linked:
+        return
+    store.check_database(logged_trials=linked)  # missing or empty
+    raise StoreDamagedError(f"MLflow store {display_url(store.tracking_uri)} has no experiment {study.study_name!r}, "
+                            f"but {linked} trial(s) of the study point at runs in it: pass the --store/--tracking-uri "
+                            "the study ran with, or restore its database from a backup")
 
 
 def trial_frame(study: optuna.Study, runs: ExperimentRuns) -> pd.DataFrame:
@@ -216,6 +234,10 @@ def pareto(df: pd.DataFrame, maximize: tuple[str, ...] | list[str] = DEFAULT_MAX
     if not objectives:
         raise ConfigError("pareto needs at least one objective to maximize or minimize")
     _where.check_columns(df, objectives, "objective")
+    for name in objectives:
+        if not _is_number(df[name]):
+            raise ConfigError(f"objective {name!r} is not a number: pick from "
+                              f"{', '.join(c for c in df.columns if _is_number(df[c]))}")
     rows = df
     if states is not None and "state" in df.columns:
         rows = rows[rows["state"].isin(list(states)).fillna(False).to_numpy()]

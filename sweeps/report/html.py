@@ -22,7 +22,8 @@ from sweeps.report import _plots
 from sweeps.query._format import cell
 from sweeps.query._runs import ExperimentRuns, experiment_runs
 from sweeps.query.summary import gain_interval, study_comparison, verdict_line
-from sweeps.query.trials import SELECTION_METRIC, Sources, pareto, trial_frame, update_pareto_tags
+from sweeps.query.trials import SELECTION_METRIC, Sources, check_runs_found, pareto, trial_frame, update_pareto_tags
+from sweeps.tracking.store import check_folder, folder_name, make_folder
 
 if TYPE_CHECKING:
     import optuna
@@ -47,16 +48,18 @@ class Section:
 def write_report(study: str, out: str | Path | None = None, *, storage: str | None = None,
                  tracking_uri: str | None = None, store: str | Path | None = None,
                  log_to_mlflow: bool = True) -> Path:
-    """Write ``report.html`` and the PNGs for ``study`` into ``out`` (default ``./reports/<study>``);
-    unless ``log_to_mlflow`` is False, log them to the study's parent run and refresh the trial runs'
-    ``pareto`` tags. Returns the HTML path."""
+    """Write ``report.html`` and the PNGs for ``study`` into ``out`` (default ``./reports/<study>``,
+    the study's name made a safe folder name); unless ``log_to_mlflow`` is False, log them to the
+    study's parent run and refresh the trial runs' ``pareto`` tags. Returns the HTML path."""
+    folder = Path(out) if out is not None else Path("reports") / folder_name(study)
+    check_folder(folder, "--out", writable=True)
     sources = Sources.resolve(storage, tracking_uri, store)
     opened = sources.study(study)
     runs = experiment_runs(sources.store, study)
+    check_runs_found(opened, runs, sources.store)
     frame = trial_frame(opened, runs)
     table = study_comparison(runs)
-    folder = Path(out) if out is not None else Path("reports") / study
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder, "--out")
 
     sections = _draw(opened, frame, runs, table, folder)
     page = folder / REPORT_FILE

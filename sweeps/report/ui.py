@@ -39,6 +39,7 @@ def check_servable(store: Store, host: str, port: int) -> None:
         raise ConfigError(f"the tracking URI {store.tracking_uri} is a server already: open it in a browser")
     if store.embedded and not (store.root / "mlflow.db").exists():
         raise ConfigError(f"no MLflow store at {store.root}: run `kdsweep run` first, or point --store at one")
+    store.check_database()  # damaged or empty: the server would fail on it, or write into it
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         try:
             probe.bind((host, port))

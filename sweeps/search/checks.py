@@ -1,8 +1,10 @@
 """Everything ``kdsweep run`` checks before it writes anything: names, storage URL, space, flags,
-the task's fit to the fixed settings, and that a resumed study keeps its task and space."""
+the task's fit to the fixed settings, the store's folder and MLflow database, and that a resumed
+study keeps its task and space."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from kdcore import ConfigError
@@ -10,23 +12,34 @@ from sweeps.search import overrides
 from sweeps.search.plan import SweepPlan
 from sweeps.search.samplers import check_names
 from sweeps.search.space import SearchSpace
+from sweeps.tracking.consistency import linked_runs
 from sweeps.tracking.storage import check_storage_url, default_storage_url, open_storage
-from sweeps.tracking.store import Store
+from sweeps.tracking.store import Store, check_storage_path, check_study_name
+
+MAX_SEED = 2**32 - 1  # numpy's (hence Optuna's samplers') largest seed
+JOBS_PER_CORE = 4
 
 
 def check_sweep(plan: SweepPlan, enqueue_presets: bool) -> SearchSpace:
-    """Everything that can be checked without writing: names, storage URL, space, flags."""
+    """Everything that can be checked without writing: names, storage URL, space, flags, the store."""
     from kdcore import check_config, get_task
 
+    check_study_name(plan.study)
     check_names(plan.sampler, plan.pruner)
+    check_storage_path(plan.storage_url)
     if plan.storage_url != default_storage_url(Path(plan.store_root)):  # the default folder is created later
         check_storage_url(plan.storage_url)
     space = plan.search_space()
     # The top of every range is the worst case for the checks that depend on searched values (the
     # largest data_fraction leaves the smallest transfer set; alpha 1 uses it).
     check_config(get_task(plan.task), space.config(space.upper_ends()))
-    if plan.jobs < 1:
-        raise ConfigError(f"--jobs {plan.jobs} is not allowed: use 1 or more worker processes")
+    most_jobs = (os.cpu_count() or 1) * JOBS_PER_CORE
+    if plan.jobs < 1 or plan.jobs > most_jobs:
+        raise ConfigError(f"--jobs {plan.jobs} is not allowed: use 1 to {most_jobs} worker processes "
+                          f"({JOBS_PER_CORE} per core on this machine)")
+    if plan.seed < 0 or plan.seed + plan.jobs - 1 > MAX_SEED:
+        raise ConfigError(f"--seed {plan.seed} is not allowed: use 0 to {MAX_SEED - plan.jobs + 1} "
+                          "(worker i seeds its sampler with seed + i)")
     if plan.n_trials is not None and plan.n_trials < 1:
         raise ConfigError(f"--n-trials {plan.n_trials} is not allowed: use 1 or more")
     if plan.min_epochs < 1 or plan.min_epochs > space.max_epochs():
@@ -39,8 +52,11 @@ def check_sweep(plan: SweepPlan, enqueue_presets: bool) -> SearchSpace:
         raise ConfigError("--enqueue-presets conflicts with --sampler grid: a grid visits its own points")
     if enqueue_presets:
         overrides.preset_trials(space)  # every preset's settings must combine with the fixed ones
+    store = Store(Path(plan.store_root), plan.tracking_uri)
+    store.check_writable()
     check_resume_matches(plan, space)
-    Store(Path(plan.store_root), plan.tracking_uri).check_reachable()
+    store.check_database(logged_trials=len(linked_runs(plan.storage_url, plan.study)))
+    store.check_reachable()
     return space
 
 

@@ -1,17 +1,64 @@
-"""Where kdsweep keeps things: the store folder, its MLflow database and artifacts, caches."""
+"""Where kdsweep keeps things: the store folder, its MLflow database and artifacts, caches.
+
+Checked before anything is written: the store folder (not a file, creatable, writable), the
+tracking URI (a scheme MLflow serves, an existing folder for a SQLite file), the MLflow SQLite
+database (read without writing: an SQLite file, whole), and study names (they name folders).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from kdcore import ConfigError
+from sweeps.tracking.storage import StoreDamagedError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 DEFAULT_STORE = "mlruns"
+_STORE_FLAG = "--store (or $KDSWEEP_STORE)"
+_TRACKING_FLAG = "--tracking-uri (or $MLFLOW_TRACKING_URI)"
+# Schemes MLflow has a tracking store for (mlflow.tracking._tracking_service.utils); a database
+# scheme may name its driver (postgresql+psycopg2).
+_TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks",
+                     "databricks-uc", "uc")
+# A study name is a folder name (checkpoints, artifacts, reports): letters, digits, _ . - only, not
+# starting with '.', so that no name leaves the store.
+_STUDY_NAME = re.compile(r"(?!\.)[\w.-]{1,100}")
+
+
+def check_study_name(name: str) -> None:
+    """ConfigError unless ``name`` is a safe folder name: letters, digits, _ . -, not starting with '.'."""
+    if not _STUDY_NAME.fullmatch(name):
+        raise ConfigError(f"study name {name!r} is not allowed: use 1 to 100 letters, digits, '_', '.' or '-', "
+                          "not starting with '.' (it names folders in the store)")
+
+
+def check_storage_path(url: str) -> None:
+    """ConfigError when the Optuna storage's file (a journal, or a sqlite:/// database) is a folder
+    or not a regular file."""
+    path = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else (
+        None if "://" in url else Path(url))
+    if path is None or not path.exists():
+        return
+    if path.is_dir():
+        example = f"sqlite:///{path / 'optuna.db'}" if url.startswith("sqlite") else str(path / "optuna.journal")
+        raise ConfigError(f"storage {url!r} is a folder: name a file in it, e.g. --storage {example}")
+    if not path.is_file():
+        raise ConfigError(f"storage {url!r} is not a regular file: give a journal file or sqlite:///file.db")
+
+
+def folder_name(name: str) -> str:
+    """``name`` as one folder name that stays where it is put: other characters become '-'."""
+    safe = re.sub(r"[^\w.-]", "-", name).lstrip(".")[:100]
+    return safe or "unnamed"
 
 
 @dataclass(frozen=True)
@@ -28,9 +75,103 @@ class Store:
 
     @classmethod
     def resolve(cls, root: str | Path | None = None, tracking_uri: str | None = None) -> Store:
+        """The store the user named (flags, else environment, else ./mlruns), checked without
+        writing: ConfigError if its folder is a file or cannot exist, or the tracking URI is unusable."""
         root = Path(root or os.environ.get("KDSWEEP_STORE") or DEFAULT_STORE).resolve()
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
-        return cls(root, uri)
+        store = cls(root, uri)
+        store.check_paths()
+        return store
+
+    def check_paths(self) -> None:
+        """ConfigError when the store folder is a file or lies under one, or the tracking URI
+        names no tracking store MLflow has (or a SQLite file in a missing folder)."""
+        check_folder(self.root, _STORE_FLAG)
+        self.check_tracking_uri()
+
+    def check_tracking_uri(self) -> None:
+        """ConfigError unless MLflow can track to this URI without writing outside a folder that exists."""
+        from sweeps.tracking.storage import display_url
+
+        uri = self.tracking_uri
+        scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+        if scheme and scheme.split("+", 1)[0] not in _TRACKING_SCHEMES:
+            raise ConfigError(f"unsupported tracking URI {display_url(uri)!r}: use sqlite:///path/to/mlflow.db, "
+                              "http(s)://host:port, postgresql://... or mysql://..., or leave out "
+                              f"{_TRACKING_FLAG} for {self.root / 'mlflow.db'}")
+        path = self.database
+        if scheme == "sqlite" and path is None:
+            raise ConfigError(f"tracking URI {uri!r} is not a SQLite file: write sqlite:///path/to/mlflow.db "
+                              "(an in-memory database loses every run)")
+        if path is not None:
+            if path.is_dir() and not self.embedded:  # the store's own: damage (database_problem)
+                raise ConfigError(f"tracking URI {uri!r} names a folder: add a file name, e.g. "
+                                  f"sqlite:///{path / 'mlflow.db'}")
+            if path.parent != self.root and not path.parent.is_dir():  # the store folder is created
+                raise ConfigError(f"tracking URI {uri!r}: folder {path.parent} does not exist; create it or fix "
+                                  f"{_TRACKING_FLAG}")
+
+    def check_writable(self) -> None:
+        """ConfigError when this process cannot create or write the store folder (checked without writing)."""
+        self.check_tracking_uri()
+        check_folder(self.root, _STORE_FLAG, writable=True)
+
+    def create(self) -> None:
+        """Create the store folder (the first write of a command, after every check); ConfigError if
+        it cannot be (under /proc, a read-only disk, no permission)."""
+        self.check_tracking_uri()
+        make_folder(self.root, _STORE_FLAG)
+
+    @property
+    def database(self) -> Path | None:
+        """The SQLite file MLflow tracks to (this store's own, or a sqlite:/// URI), or None."""
+        if not self.tracking_uri.startswith("sqlite:///"):
+            return None
+        path = self.tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
+        return Path(path) if path and ":memory:" not in path else None
+
+    def database_problem(self) -> str | None:
+        """What is wrong with the MLflow SQLite file, read without writing: 'missing', 'empty', SQLite's
+        own diagnosis (not a database, malformed: a truncated file is), or None when it is fine (or
+        tracking is not to a SQLite file).
+
+        The file is read through SQLite only: closing a plain file handle on it would drop the locks
+        this process's other SQLite connections hold (POSIX advisory locks are per process)."""
+        path = self.database
+        if path is None:
+            return None
+        if not path.exists():
+            return "missing"
+        if not path.is_file():
+            return "a folder or device, not a file"
+        if path.stat().st_size == 0:
+            return "empty"
+        try:
+            with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=2)) as db:
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # reads and checks the header
+        except sqlite3.OperationalError:
+            return None  # busy or locked by a writer, or the like: not damage
+        except sqlite3.DatabaseError as error:
+            return str(error)
+        return None
+
+    def check_database(self, logged_trials: int = 0) -> None:
+        """StoreDamagedError (exit 1) when the MLflow SQLite file is damaged or empty, or is missing
+        while ``logged_trials`` trials point at runs in it; nothing is written either way."""
+        problem = self.database_problem()
+        if problem is None or (problem == "missing" and not logged_trials):
+            return  # whole, or not made yet (it is created on first use)
+        if problem in ("missing", "empty") and logged_trials:
+            what = "does not exist" if problem == "missing" else "is empty (0 bytes)"
+            raise _damaged(self.database, f"{what}, but {logged_trials} trial(s) of the study point at runs in it",
+                           f"use a new {_STORE_FLAG} or --study")
+        if problem == "empty":  # MLflow would build a new schema into it, hiding that its runs are gone
+            raise _damaged(self.database, "is empty (0 bytes)", "delete it to start a new one")
+        raise self.damaged(problem)
+
+    def damaged(self, problem: str) -> StoreDamagedError:
+        """The error (exit code 1) for a MLflow SQLite file damaged as ``problem`` says."""
+        return _damaged(self.database, f"is damaged ({problem})", "move it aside to start a new one")
 
     @property
     def embedded(self) -> bool:
@@ -66,7 +207,9 @@ class Store:
                               f"({reason}): start it, or fix --tracking-uri / $MLFLOW_TRACKING_URI") from None
 
     def client(self) -> MlflowClient:
-        """An MlflowClient on this store, creating the embedded database on first use."""
+        """An MlflowClient on this store, creating the embedded database on first use;
+        StoreDamagedError when its SQLite file is damaged or empty (MLflow would write into it)."""
+        self.check_database()
         _quiet_mlflow()
         from mlflow import MlflowClient
 
@@ -75,11 +218,14 @@ class Store:
         return MlflowClient(tracking_uri=self.tracking_uri)
 
     def experiment(self, client: MlflowClient, name: str) -> str:
-        """The id of experiment ``name``, created (artifacts under this store) if missing."""
+        """The id of experiment ``name``, created if missing. Its artifacts go under this store (in a
+        folder named after it, made safe), except on a tracking server, which keeps its own: MLflow's
+        default for a database is ./mlruns in whatever folder the command runs from."""
         found = client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
-        location = (self.artifact_root / name).as_uri() if self.embedded else None
+        server = self.tracking_uri.startswith(("http://", "https://", "databricks", "uc"))
+        location = None if server else (self.artifact_root / folder_name(name)).as_uri()
         try:
             return client.create_experiment(name, artifact_location=location)
         except Exception:
@@ -88,6 +234,42 @@ class Store:
             if found is None:
                 raise
             return found.experiment_id
+
+
+def check_folder(path: Path, flag: str, writable: bool = False) -> None:
+    """ConfigError naming ``flag`` when folder ``path`` is a file or lies under one, or (``writable``)
+    when this process may not create or write it. Nothing is written."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} is not a folder: give a folder (it is created if missing)")
+    parent = _existing_ancestor(path)
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {path} cannot be created: {parent} is not a folder; give another {flag.split()[0]}")
+    if writable and not os.access(parent, os.W_OK | os.X_OK):
+        what = "write to" if parent == path else f"create {path} in"
+        raise ConfigError(f"{flag} {path}: no permission to {what} {parent}; pick a folder you can write to")
+
+
+def make_folder(path: Path, flag: str) -> None:
+    """Create folder ``path`` and its parents; ConfigError naming ``flag`` when that cannot be done
+    (a file in the way, no permission, a read-only or virtual file system such as /proc)."""
+    check_folder(path, flag, writable=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"{flag} {path} cannot be created ({error.strerror}): pick a folder you can write "
+                          "to") from None
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """``path`` if it exists, else its nearest existing parent."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _damaged(path: Path | None, what: str, fix: str) -> StoreDamagedError:
+    return StoreDamagedError(f"MLflow database {path} {what}: nothing was changed; restore it from a backup, or "
+                             f"{fix}")
 
 
 def _create_database(path: Path) -> None:
