@@ -30,14 +30,14 @@ _STORE = "Store"
 StudyArg = Annotated[str, typer.Argument(help="Study name (as given to `kdsweep run --study`); `kdsweep studies` lists them.", show_default=False)]
 StorageOpt = Annotated[Optional[str], typer.Option(
     "--storage", help="Optuna storage: a journal file, sqlite:///f.db, postgresql://... "
-    "[default: <store>/optuna.journal].", rich_help_panel=_STORE)]
+    "(default: <store>/optuna.journal).", rich_help_panel=_STORE)]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="table for people; csv or json for tools.")]
 WhereOpt = Annotated[Optional[str], typer.Option(
     "--where", "-w", help="Keep trials where this holds: columns, numbers, 'strings', == != < <= > >= in, "
     "and/or/not. Example: \"retention > 0.95 and student_params < 20000\".")]
 ColumnsOpt = Annotated[Optional[str], typer.Option(
-    "--columns", "-c", help="Comma-separated columns to show, in order [default: a compact set for tables, "
-    "all for csv/json].")]
+    "--columns", "-c", help="Comma-separated columns to show, in order (default: a compact set for tables, "
+    "all for csv/json).")]
 
 # What a terminal table shows unless --columns says otherwise (searched params go after "state").
 _TABLE_COLUMNS = ["number", "state", "best_val_acc", "test_acc", "retention", "student_params",
@@ -172,7 +172,7 @@ def compare(
 @user_errors
 def report(
     study: StudyArg,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for report.html and the PNGs [default: ./reports/<study>].")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for report.html and the PNGs (default: ./reports/<study>).")] = None,
     mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Also log the files to the study's parent MLflow run and refresh the trial runs' pareto tags.")] = True,
     store: StoreOpt = None,
     tracking_uri: TrackingOpt = None,

@@ -12,12 +12,12 @@ from cli._common import console, given, read_yaml, user_errors
 _STORE = "Store"
 StoreOpt = Annotated[Optional[Path], typer.Option(
     "--store", help="Folder for teachers, the teacher-output cache and the embedded MLflow store "
-    "[default: ./mlruns, or $KDSWEEP_STORE].", rich_help_panel=_STORE)]
+    "(default: ./mlruns, or $KDSWEEP_STORE).", rich_help_panel=_STORE)]
 TrackingOpt = Annotated[Optional[str], typer.Option(
-    "--tracking-uri", help="MLflow tracking URI [default: sqlite:///<store>/mlflow.db, or "
-    "$MLFLOW_TRACKING_URI].", rich_help_panel=_STORE)]
+    "--tracking-uri", help="MLflow tracking URI (default: sqlite:///<store>/mlflow.db, or "
+    "$MLFLOW_TRACKING_URI).", rich_help_panel=_STORE)]
 TaskOpt = Annotated[Optional[str], typer.Option(
-    "--task", help="Built-in task (mnist1d, digits) or package.module:factory [default: mnist1d].")]
+    "--task", help="Built-in task (mnist1d, digits) or package.module:factory (default: mnist1d).")]
 
 
 @user_errors
