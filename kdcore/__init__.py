@@ -17,6 +17,7 @@ _LAZY = {
     **dict.fromkeys(("TrainConfig", "make_config", "no_kd_twin"), "kdcore.config"),
     **dict.fromkeys(("KDLoss", "kd_loss"), "kdcore.loss"),
     **dict.fromkeys(("PRESETS", "preset"), "kdcore.presets"),
+    "preflight": "kdcore.preflight",
     **dict.fromkeys(("DEFAULT_TASK", "Splits", "Task", "get_task", "register_task", "task_names"), "kdcore.tasks"),
     **dict.fromkeys(("Teacher", "load_or_train_teacher"), "kdcore.teacher"),
     **dict.fromkeys(("EpochResult", "TeacherLogits", "TrainResult", "check_config", "count_parameters", "train"),
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from kdcore.cache import CachedOutputs, cache_key, teacher_outputs
     from kdcore.config import TrainConfig, make_config, no_kd_twin
     from kdcore.loss import KDLoss, kd_loss
+    from kdcore.preflight import preflight
     from kdcore.presets import PRESETS, preset
     from kdcore.tasks import DEFAULT_TASK, Splits, Task, get_task, register_task, task_names
     from kdcore.teacher import Teacher, load_or_train_teacher
@@ -46,5 +48,5 @@ __all__ = [
     "DEFAULT_TASK", "PRESETS", "CacheError", "CachedOutputs", "ConfigError", "EpochResult", "KDLoss",
     "KDSweepError", "Splits", "StopTraining", "Task", "TaskError", "Teacher", "TeacherLogits", "TrainConfig",
     "TrainResult", "cache_key", "check_config", "count_parameters", "get_task", "kd_loss", "load_or_train_teacher",
-    "make_config", "no_kd_twin", "preset", "register_task", "task_names", "teacher_outputs", "train",
+    "make_config", "no_kd_twin", "preflight", "preset", "register_task", "task_names", "teacher_outputs", "train",
 ]

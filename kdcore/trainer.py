@@ -7,7 +7,7 @@ import copy
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ from kdcore.config import TrainConfig
 from kdcore.data import BatchSource, fraction_indices, labels_of, left_out, take, transfer_pool
 from kdcore.errors import ConfigError, StopTraining
 from kdcore.loss import kd_loss
+from kdcore.preflight import preflight
 from kdcore.tasks.base import Task
 
 # How often (in steps) the running loss is read back to check for divergence. Reading it
@@ -88,9 +89,17 @@ def learning_rate(step: int, total_steps: int, config: TrainConfig) -> float:
     return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def check_config(task: Task, config: TrainConfig) -> None:
-    """ConfigError for settings that do not fit ``task``'s data or this machine (checked before
-    anything runs)."""
+def check_config(task: Task, config: TrainConfig, *, ratios: Iterable[float] | None = None) -> None:
+    """ConfigError for settings that do not fit ``task``'s data or this machine, then the task's
+    preflight (kdcore.preflight): TaskError unless its data, teacher (and pretrained weights) and the
+    students at ``config.ratio`` and at ``ratios`` (say, the ends of a searched range) fit together.
+    Called before anything is written; each task object is preflighted once per ratio."""
+    _check_settings(task, config)
+    preflight(task, [config.ratio, *(ratios or ())])
+
+
+def _check_settings(task: Task, config: TrainConfig) -> None:
+    """ConfigError for settings that do not fit ``task``'s data or this machine."""
     device = resolve_device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={config.device!r} but CUDA is not available on this machine: use auto or cpu")
@@ -189,7 +198,7 @@ def train(
     """
     if teacher is None and config.alpha > 0:
         raise ValueError("alpha > 0 needs a teacher: pass cached TeacherLogits or a teacher module")
-    check_config(task, config)
+    _check_settings(task, config)  # the caller runs the task's preflight once, not every trial
     started = time.perf_counter()
     device = resolve_device(config.device)
     use_amp = config.amp and device.type == "cuda"

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
@@ -55,3 +62,77 @@ def test_kdsweep_train_runs_a_user_task_end_to_end(tmp_path):
     runs = MlflowClient(f"sqlite:///{store / 'mlflow.db'}").search_runs(["1"])
     assert [r.data.params["task"] for r in runs] == [SPEC]
     assert runs[0].info.status == "FINISHED"
+
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_TASK = '''
+import torch
+from torch.utils.data import TensorDataset
+import kdcore
+from kdcore.tasks.models import MLP, scaled_width
+
+
+class Tiny(kdcore.Task):
+    name = "tiny"
+    num_classes = 3
+
+    def splits(self):
+        x = torch.randn(30, 4, generator=torch.Generator().manual_seed(0))
+        data = TensorDataset(x, torch.arange(30) % 3)
+        return kdcore.Splits(data, data, data)
+
+    def build_teacher(self):
+        return MLP(4, 8, 3)
+
+    def build_student(self, ratio):
+        return MLP(4, scaled_width(8, ratio), 3)
+
+    def pretrained_teacher(self):
+        return MLP(4, 8, 3).state_dict()
+
+
+def make_task():
+    return Tiny()
+'''
+
+
+def user_env() -> dict[str, str]:
+    """A shell as a user has it: the venv's kdsweep on PATH, no PYTHONPATH, no MLflow server."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI", "KDSWEEP_STORE")}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def run_in(folder: Path, command: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    args = shlex.split(command)
+    if args[0] == "python":
+        args[0] = sys.executable
+    return subprocess.run(args, cwd=folder, env=user_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_task_module_in_the_current_directory_is_found_without_pythonpath(tmp_path):
+    (tmp_path / "tiny_task.py").write_text(TINY_TASK)
+
+    done = run_in(tmp_path, "kdsweep train --task tiny_task:make_task --epochs 1 --store ./store")
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "store" / "mlflow.db").exists()
+
+
+def test_the_example_task_runs_end_to_end_from_the_docs_commands(tmp_path):
+    docs = (REPO / "docs" / "tasks.md").read_text()
+    block = docs.split("<!-- tested by tests/test_user_task.py", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = block.strip().splitlines()
+    assert commands[0] == "cd examples"
+    shutil.copytree(REPO / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns("teacher.pt", "kd-store"))
+
+    for command in commands[1:]:
+        done = run_in(tmp_path / "examples", command)
+        assert done.returncode == 0, f"{command}\n{done.stdout[-1500:]}\n{done.stderr[-1500:]}"
+
+    assert (tmp_path / "examples" / "teacher.pt").exists()
+    assert "2 complete" in done.stdout + done.stderr
+    loaded = run_in(tmp_path / "examples", "python -c \"import sweeps; "
+                    "print(type(sweeps.load_student('tabular_task-make_task', 0, store='kd-store')).__name__)\"")
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.strip().splitlines()[-1] == "Sequential"
