@@ -87,10 +87,15 @@ class CliRun:
         return f"exit {self.returncode} after {self.wall_s:.1f}s\n--- stdout\n{self.stdout[-3000:]}\n--- stderr\n{self.stderr[-3000:]}"
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 180) -> CliRun:
-    """Run ``kdsweep`` to the end; the wall time is measured around the whole process."""
+def run_cli(*args: str, cwd: Path, timeout: float = 180, env: dict[str, str] | None = None) -> CliRun:
+    """Run ``kdsweep`` to the end; the wall time is measured around the whole process.
+
+    ``env`` adds variables; a PYTHONPATH in it comes before the repository's."""
+    environ = cli_env()
+    for name, value in (env or {}).items():
+        environ[name] = os.pathsep.join([value, environ[name]]) if name == "PYTHONPATH" else value
     started = time.perf_counter()
-    done = subprocess.run(kdsweep_command(*args), cwd=cwd, env=cli_env(), capture_output=True, text=True,
+    done = subprocess.run(kdsweep_command(*args), cwd=cwd, env=environ, capture_output=True, text=True,
                           timeout=timeout)
     return CliRun(done.returncode, time.perf_counter() - started, done.stdout, done.stderr)
 
@@ -230,7 +235,7 @@ def check_sweep_invariants(store: Path, study_name: str) -> tuple[Any, SweepRuns
     assert all(study.trials[n].user_attrs.get("stop_reason") == "worker_lost" for n in runless), table
     assert [t.number for t in trials if t.state.name == "RUNNING"] == [], table
     assert {r.info.run_name: r.info.status for r in runs.runs if r.info.status == "RUNNING"} == {}, table
-    assert runs.parent.info.status in ("FINISHED", "KILLED"), table
+    assert runs.parent.info.status in ("FINISHED", "KILLED", "FAILED"), table  # FAILED: nothing completed
 
     for trial in (t for t in trials if t.number not in runless):
         run = runs.children[trial.number]
@@ -241,6 +246,10 @@ def check_sweep_invariants(store: Path, study_name: str) -> tuple[Any, SweepRuns
         assert tags.get("optuna.trial_number") == str(trial.number), where
         assert tags.get("optuna.study") == study_name, where
         assert tags.get("state") in SWEEP_STATES[trial.state.name], f"{where}: run tag state={tags.get('state')}"
+        if trial.user_attrs.get("stop_reason") == "error":  # an exception: its error, no result
+            assert run.info.status == "FAILED", f"{where}: run status {run.info.status}"
+            assert tags.get("kdsweep.error") == trial.user_attrs.get("kdsweep.error"), where
+            continue
         assert run.info.status in ("FINISHED", "KILLED"), f"{where}: run status {run.info.status}"
         if trial.user_attrs.get("stop_reason") == "worker_lost":
             continue  # killed mid-epoch: no final checkpoint; its resumed copy has one

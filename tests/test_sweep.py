@@ -50,14 +50,20 @@ class Sweep:
 
 
 # --------------------------------------------------------------------------------------------
-# One plain 30 s sweep, shared by the tests that only read it
+# One plain budgeted sweep, shared by the tests that only read it
 # --------------------------------------------------------------------------------------------
+
+FINISHED_BUDGET_S = 90
+
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, sweep_template) -> Sweep:
     root = tmp_path_factory.mktemp("sweep")
     store = copy_store(sweep_template, root / "store")
-    run = run_cli("run", "--task", "digits", "--budget", "30s", "--store", str(store), "--study", "s", cwd=root)
+    # Ended by --n-trials on a quiet machine (about 20 s), by the budget on a very busy one: either
+    # way enough trials for the median pruner, and the budget still bounds the run.
+    run = run_cli("run", "--task", "digits", "--budget", f"{FINISHED_BUDGET_S}s", "--n-trials", "12", "--store",
+                  str(store), "--study", "s", cwd=root)
     return Sweep(store, "s", run)
 
 
@@ -75,13 +81,13 @@ def test_sweep_logs_one_parent_run_tagged_study(finished):
 
 def test_sweep_logs_one_child_run_per_trial_with_matching_state_and_links(finished):
     study, runs = check_sweep_invariants(finished.store, "s")
-    assert len(started_trials(study)) >= 3, "a 30 s digits sweep runs several trials"
+    assert len(started_trials(study)) >= 3, "a digits sweep of 12 trials runs several"
     assert min(runs.children) == 0
 
 
 def test_sweep_stays_within_its_budget(finished):
     assert finished.run.returncode == 0, finished.run.explain()
-    assert within_budget(finished.run, 30), f"took {finished.run.wall_s:.1f}s for a 30s budget"
+    assert within_budget(finished.run, FINISHED_BUDGET_S), f"took {finished.run.wall_s:.1f}s"
 
 
 def test_median_pruner_prunes_trials_and_keeps_their_metrics_and_checkpoint(finished):
@@ -99,7 +105,7 @@ def test_median_pruner_prunes_trials_and_keeps_their_metrics_and_checkpoint(fini
 
 
 def test_a_budgeted_sweep_ends_with_a_verdict_that_never_rests_on_cut_runs(finished):
-    # The default 3 repeats within a 30 s budget: the verdict is a word, and a gain is logged only
+    # The default 3 repeats within the budget: the verdict is a word, and a gain is logged only
     # when all 3 pairs finished; every repeat run tagged COMPLETE stopped by its own rule.
     runs = sweep_runs(finished.store, "s")
     tags, metrics = runs.parent.data.tags, runs.parent.data.metrics
@@ -222,20 +228,25 @@ def test_a_study_resumes_only_with_the_same_search_space(finished, tmp_path):
 
 @pytest.fixture(scope="module")
 def resumed(finished, tmp_path_factory) -> tuple[list, str, Sweep]:
-    """The finished sweep's trials and parent run id, then a second 15 s invocation on a copy of it."""
+    """The finished sweep's trials and parent run id, then a second invocation on a copy of it: one
+    unpruned trial and no verdict, so that it completes a trial (else it exits 1) on a busy machine."""
     assert finished.run.returncode == 0, finished.run.explain()
     before = [(t.number, t.state, t.value) for t in load_study(finished.store, "s").trials]
     parent_id = sweep_runs(finished.store, "s").parent.info.run_id
     root = tmp_path_factory.mktemp("resume")
     store = copy_store(finished.store, root / "store")
-    run = run_cli("run", "--task", "digits", "--budget", "15s", "--store", str(store), "--study", "s", cwd=root)
+    run = run_cli("run", "--task", "digits", "--budget", f"{RESUME_BUDGET_S}s", "--n-trials", "1", "--pruner", "none",
+                  "--repeats", "0", "--store", str(store), "--study", "s", cwd=root)
     return before, parent_id, Sweep(store, "s", run)
+
+
+RESUME_BUDGET_S = 60
 
 
 def test_resume_exits_0_within_the_new_budget(resumed):
     _, _, again = resumed
     assert again.run.returncode == 0, again.run.explain()
-    assert within_budget(again.run, 15), f"took {again.run.wall_s:.1f}s for a 15s budget"
+    assert within_budget(again.run, RESUME_BUDGET_S), f"took {again.run.wall_s:.1f}s for a {RESUME_BUDGET_S}s budget"
 
 
 def test_resume_keeps_the_finished_trials_and_continues_the_numbering(resumed):

@@ -31,8 +31,9 @@ def check_sweep(plan: SweepPlan, enqueue_presets: bool) -> SearchSpace:
         check_storage_url(plan.storage_url)
     space = plan.search_space()
     # The top of every range is the worst case for the checks that depend on searched values (the
-    # largest data_fraction leaves the smallest transfer set; alpha 1 uses it).
-    check_config(get_task(plan.task), space.config(space.upper_ends()))
+    # largest data_fraction leaves the smallest transfer set; alpha 1 uses it); the task's preflight
+    # builds a student at both ends of the ratio range.
+    check_config(get_task(plan.task), space.config(space.upper_ends()), ratios=space.grid(2).get("ratio", ()))
     most_jobs = (os.cpu_count() or 1) * JOBS_PER_CORE
     if plan.jobs < 1 or plan.jobs > most_jobs:
         raise ConfigError(f"--jobs {plan.jobs} is not allowed: use 1 to {most_jobs} worker processes "
@@ -73,8 +74,13 @@ def check_resume_matches(plan: SweepPlan, space: SearchSpace) -> None:
         return
     attrs = optuna.load_study(study_name=plan.study, storage=storage).user_attrs
     if attrs.get("kdsweep.task", plan.task) != plan.task:
+        import shlex
+
+        store = Store(Path(plan.store_root), plan.tracking_uri)
+        resume = shlex.join(["kdsweep", "run", "--study", plan.study,
+                             *store.options(plan.storage_url, attrs["kdsweep.task"])])
         raise ConfigError(f"study '{plan.study}' was run on task '{attrs['kdsweep.task']}', not '{plan.task}': "
-                          "use another --study")
+                          f"resume it with `{resume}`, or use another --study for task '{plan.task}'")
     if attrs.get("kdsweep.space", space.describe()) != space.describe():
         raise ConfigError(f"study '{plan.study}' was run with another search space "
                           f"({attrs['kdsweep.space']}): use another --study to search a new space")

@@ -31,6 +31,7 @@ log = logging.getLogger("kdsweep")
 LEASE_ATTR = "kdsweep.lease"
 RESUME_ATTR = "kdsweep.resume_of"
 RUN_ATTR = "mlflow_run_id"
+ERROR_ATTR = "kdsweep.error"  # a failed trial's error, one line: also the tag of its run
 OWNER_TAG = "kdsweep.owner"
 HEARTBEAT_S = 5.0
 STALE_AFTER_S = 60.0

@@ -20,6 +20,10 @@ _FALLBACK_SHARE = 0.25
 _ARM_SPREAD = 1.25
 _CLOSE_MARGIN_S = 2.0  # closing runs and writing the summary after the last stop
 _PROCESS_EXIT_S = 4.0  # measured: a worker process takes 2-4 s to exit (torch, MLflow, SQLAlchemy)
+# Fail fast: the sweep stops when the first FIRST_FAILURES trials of an invocation, or the last
+# FAILURES_IN_A_ROW, all failed with the same error (a broken task fails every trial alike).
+FIRST_FAILURES = 3
+FAILURES_IN_A_ROW = 5
 
 
 @dataclass(frozen=True)
@@ -120,10 +124,27 @@ class SweepPlan:
         # Counted by the invocation in their lease, not by number: trials enqueued by an earlier
         # invocation (presets, re-runs of lost trials) have lower numbers but run in this one, and
         # another invocation running the same study at the same time counts its own.
-        started = [t for t in trials if t.state != TrialState.WAITING and self._ran(t)]
+        started = [t for t in trials if t.state != TrialState.WAITING and self.ran(t)]
         return len(started) < self.n_trials
 
-    def _ran(self, trial: optuna.trial.FrozenTrial) -> bool:
+    def failing(self, trials: list[optuna.trial.FrozenTrial]) -> str | None:
+        """Why the sweep must stop early (the error its trials keep failing with), else None.
+
+        Only this invocation's finished trials count, in the order they finished: a study resumed
+        after a fix is not stopped by the failures of the run before it.
+        """
+        from sweeps.search.leases import ERROR_ATTR
+
+        ended = sorted((t for t in trials if t.state.is_finished() and self.ran(t)),
+                       key=lambda t: (t.datetime_complete.timestamp() if t.datetime_complete else 0.0, t.number))
+        for wanted, group, what in ((FIRST_FAILURES, ended[:FIRST_FAILURES], f"the first {FIRST_FAILURES} trials"),
+                                    (FAILURES_IN_A_ROW, ended[-FAILURES_IN_A_ROW:], f"{FAILURES_IN_A_ROW} trials in a row")):
+            errors = {t.user_attrs.get(ERROR_ATTR) for t in group}  # set on FAIL trials only
+            if len(group) == wanted and len(errors) == 1 and None not in errors:
+                return f"{what} failed with the same error: {errors.pop()}"
+        return None
+
+    def ran(self, trial: optuna.trial.FrozenTrial) -> bool:
         """Whether this invocation took ``trial`` up: its lease says so (by start time in a plan made
         outside a sweep, which has no invocation id)."""
         from sweeps.search.leases import LEASE_ATTR

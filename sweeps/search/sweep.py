@@ -5,6 +5,11 @@ and its cached outputs; open the study's MLflow parent run and Optuna study; rea
 worker died; start the workers; watch them (live view, heartbeats, best so far) until the budget
 or trial count ends; train the best configuration and its no-KD twin in paired repeats for the
 KD verdict (sweeps/verdict); report.
+
+Fail fast: when the first trials of the invocation, or several in a row, fail with the same error
+(SweepPlan.failing), every worker stops, the verdict is skipped and ``SweepFailed`` (exit 1) says
+why in one line. So does a sweep in which no trial completed (all pruned, failed, or cut by the
+budget), unless it was interrupted (exit 130) or had nothing to run (an exhausted grid).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from kdcore.errors import KDSweepError
 from sweeps.search import overrides
 from sweeps.search.leases import close_orphan_runs, reap_stale_trials
 from sweeps.search.plan import DEFAULT_REPEATS, SweepPlan
@@ -45,6 +51,13 @@ _POLL_S = 0.5
 _REAP_EVERY_S = 10.0
 _PARETO_EVERY_S = 5.0  # tagging reads every run: about 0.7 s at 1000 trials
 _CLOSE_S = 1.0  # the repeats stop this long before the budget's end, to log the verdict and close
+
+
+class SweepFailed(KDSweepError):
+    """The sweep ended without a completed trial: its first trials (or several in a row) failed
+    with the same error, or none completed (pruned, cut by the budget's end). Exit code 1."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -112,23 +125,33 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
         overrides.enqueue_presets(study, space)
     _log_invocation(parent, plan, prepared, teacher_time, invocation, sweep_file)
 
-    interrupted = threading.Event()
-    workers = _start_workers(plan, interrupted)
+    interrupted = threading.Event()  # Ctrl-C
+    halt = threading.Event()  # the workers stop: Ctrl-C, or trials failing alike (fail fast)
+    workers = _start_workers(plan, halt)
     try:
-        with _ctrl_c_sets(interrupted):
-            _watch(study, plan, workers, client, parent, view, interrupted)
-            comparison = _verdict(study, plan, space, prepared, client, view, interrupted, invocation)
+        with _ctrl_c_sets(interrupted, halt):
+            failure = _watch(study, plan, workers, client, parent, view, interrupted, halt)
+            if failure is not None:
+                failure = f"{failure}; {_completed_note(study, plan)}"
+            elif not interrupted.is_set():
+                failure = _nothing_completed(study, plan)
+            # A failed sweep has no configuration worth the verdict's repeats.
+            comparison = {} if failure else _verdict(study, plan, space, prepared, client, view, interrupted,
+                                                     invocation)
             trials = study.get_trials(deepcopy=False)
             wall = time.time() - plan.started_at
+            ended = "FAILED" if failure else "INTERRUPTED" if interrupted.is_set() else "FINISHED"
             parent.log_metrics({"wall_time_s": wall, "budget_s": plan.budget_s,
                                 **{f"trials_{state.lower()}": n for state, n in _counts(trials).items()}},
-                               tags={"state": "INTERRUPTED" if interrupted.is_set() else "FINISHED"})
+                               tags={"state": ended, **({"kdsweep.error": failure} if failure else {})})
             _tag_pareto(study, client, plan)
-            parent.finish("KILLED" if interrupted.is_set() else "FINISHED")
+            parent.finish("FAILED" if failure else "KILLED" if interrupted.is_set() else "FINISHED")
     except KeyboardInterrupt:  # the second Ctrl-C: abort now, leaving nothing RUNNING
         _abort(workers, study, client, parent, plan)
         raise
     view.update(_snapshot(study, plan, "done"))
+    if failure:
+        raise SweepFailed(failure)
     return SweepSummary(plan.study, experiment_id, parent.run_id, display_url(plan.storage_url), plan.tracking_uri, wall,
                         plan.budget_s, teacher_time, prepared.outputs.build_time_s, trials, comparison,
                         interrupted.is_set(), plan.repeats)
@@ -186,9 +209,9 @@ def _note(plan: SweepPlan) -> str:
             f"filter with `tags.state = 'COMPLETE'`. Resume: `kdsweep run --study {plan.study}`.")
 
 
-def _start_workers(plan: SweepPlan, interrupted: threading.Event) -> list:
+def _start_workers(plan: SweepPlan, halt: threading.Event) -> list:
     if plan.jobs == 1:
-        thread = threading.Thread(target=work, args=(plan, 0, interrupted), name="kdsweep-worker", daemon=True)
+        thread = threading.Thread(target=work, args=(plan, 0, halt), name="kdsweep-worker", daemon=True)
         thread.start()
         return [thread]
     context = multiprocessing.get_context("spawn")
@@ -198,16 +221,17 @@ def _start_workers(plan: SweepPlan, interrupted: threading.Event) -> list:
                  for i in range(plan.jobs)]
     for process in processes:
         process.start()
-    # Relay the first Ctrl-C (set on the thread Event) to the worker processes.
-    threading.Thread(target=lambda: (interrupted.wait(), shared.set()), daemon=True).start()
+    # Relay the first Ctrl-C or a fail-fast stop (set on the thread Event) to the worker processes.
+    threading.Thread(target=lambda: (halt.wait(), shared.set()), daemon=True).start()
     return processes
 
 
 class _ctrl_c_sets:
-    """First Ctrl-C sets ``event`` (finish gracefully); the second raises KeyboardInterrupt."""
+    """First Ctrl-C sets ``events`` (finish gracefully); the second raises KeyboardInterrupt."""
 
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
+    def __init__(self, *events: threading.Event) -> None:
+        self.event = events[0]
+        self.events = events
 
     def __enter__(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -218,7 +242,8 @@ class _ctrl_c_sets:
         def handle(signum, frame):
             if self.event.is_set():
                 raise KeyboardInterrupt
-            self.event.set()
+            for event in self.events:
+                event.set()
 
         signal.signal(signal.SIGINT, handle)
 
@@ -228,11 +253,15 @@ class _ctrl_c_sets:
 
 
 def _watch(study: optuna.Study, plan: SweepPlan, workers: list, client: MlflowClient, parent: RunLogger,
-           view: SweepView, interrupted: threading.Event) -> None:
-    """Refresh the view, reap dead workers' trials and keep the parent's best-so-far current."""
+           view: SweepView, interrupted: threading.Event, halt: threading.Event) -> str | None:
+    """Refresh the view, reap dead workers' trials and keep the parent's best-so-far current.
+
+    Returns why the sweep failed fast (SweepPlan.failing), having stopped every worker, or None.
+    """
     last_reap = last_pareto = time.time()
     best_number = None
     tagged_complete = 0
+    failure = None
     while any(w.is_alive() for w in workers):
         for w in workers:
             w.join(timeout=_POLL_S / len(workers))
@@ -240,7 +269,13 @@ def _watch(study: optuna.Study, plan: SweepPlan, workers: list, client: MlflowCl
         if now - last_reap > _REAP_EVERY_S:
             _reap(study, client, plan)
             last_reap = now
-        snapshot = _snapshot(study, plan, "trials", note="finishing (Ctrl-C again aborts)" if interrupted.is_set() else "")
+        if failure is None:
+            failure = plan.failing(study.get_trials(deepcopy=False))
+            if failure is not None:
+                halt.set()  # the other workers' running trials stop at once, as after Ctrl-C
+        note = ("stopping: trials fail alike" if failure else
+                "finishing (Ctrl-C again aborts)" if interrupted.is_set() else "")
+        snapshot = _snapshot(study, plan, "trials", note=note)
         if snapshot.best and snapshot.best[0] != best_number:
             best_number = snapshot.best[0]
             _log_best(parent, study, best_number)
@@ -251,6 +286,42 @@ def _watch(study: optuna.Study, plan: SweepPlan, workers: list, client: MlflowCl
     # Worker processes that died (killed, out of memory) leave RUNNING trials behind, and so may
     # an earlier invocation that died in a short window: reap them now.
     _reap(study, client, plan, also_pids={w.pid for w in workers if isinstance(w, multiprocessing.process.BaseProcess)})
+    return failure or plan.failing(study.get_trials(deepcopy=False))
+
+
+def _completed_note(study: optuna.Study, plan: SweepPlan) -> str:
+    from optuna.trial import TrialState
+
+    done = sum(t.state == TrialState.COMPLETE and plan.ran(t) for t in study.get_trials(deepcopy=False))
+    where = "the trial runs carry it as the tag kdsweep.error"
+    return f"{done} trial(s) completed in this run ({where})" if done else f"nothing completed ({where})"
+
+
+def _nothing_completed(study: optuna.Study, plan: SweepPlan) -> str | None:
+    """Why no trial of this invocation completed, or None when one did (or none was due: the
+    grid was already exhausted, or --n-trials 0), so that such a sweep never exits 0."""
+    from optuna.trial import TrialState
+
+    from sweeps.search.leases import ERROR_ATTR
+    from sweeps.search.worker import _grid_done
+
+    mine = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING and plan.ran(t)]
+    if any(t.state == TrialState.COMPLETE for t in mine):
+        return None
+    if not mine:
+        if plan.n_trials == 0 or _grid_done(study):
+            return None
+        trials = study.get_trials(deepcopy=False)
+        return (f"no trial started in this run: its {plan.budget_s:g}s budget left no time for one after "
+                f"{time.time() - plan.started_at:.0f}s of set-up and {plan.reserve_s(trials):.0f}s kept for the "
+                "KD verdict's repeats; give a longer --budget")
+    reasons = [t.user_attrs.get("stop_reason") for t in mine]
+    parts = [f"{reasons.count('deadline')} cut by the budget's end", f"{reasons.count('pruned')} pruned",
+             f"{sum(t.state == TrialState.FAIL for t in mine)} failed"]
+    errors = [t.user_attrs[ERROR_ATTR] for t in mine if ERROR_ATTR in t.user_attrs]
+    last_error = f" (last error: {errors[-1]})" if errors else ""
+    hint = "fix the error and run again" if errors else "give a longer --budget"
+    return f"no trial completed in this run: {', '.join(parts)}{last_error}; {hint}"
 
 
 def _tag_pareto(study: optuna.Study, client: MlflowClient, plan: SweepPlan) -> None:

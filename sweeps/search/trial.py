@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 import statistics
+import sysconfig
 import threading
 import time
+import traceback
 from typing import TYPE_CHECKING, Any
 
 from kdcore import EpochResult, StopTraining
 from kdcore._files import load_safe, save_atomic
 from sweeps._pause import pause_at
 from sweeps.tracking.logged_run import Prepared, run_params, train_logged
-from sweeps.search.leases import (RESUME_ATTR, RUN_ATTR, Lease, checkpoint_path, drop_checkpoints, enqueue_resume,
+from sweeps.search.leases import (ERROR_ATTR, RESUME_ATTR, RUN_ATTR, Lease, checkpoint_path, drop_checkpoints, enqueue_resume,
                                   resume_chain)
 from sweeps.search.overrides import OVERRIDES_ATTR, PRESET_ATTR, trial_config
 from sweeps.tracking.run_logger import RunLogger
@@ -48,21 +50,58 @@ def run_trial(
         with Lease(study, trial._trial_id, plan.invocation):
             _run_trial(study, trial, plan, prepared, client, interrupt)
     except Exception as error:  # a broken trial must not end the sweep, nor stay RUNNING
-        log.warning("trial %d failed: %s: %s", trial.number, type(error).__name__, error)
-        _fail(study, trial, client)
+        described = describe_error(error)
+        log.warning("trial %d failed: %s", trial.number, described)
+        _fail(study, trial, client, described)
 
 
-def _fail(study: optuna.Study, trial: optuna.Trial, client: MlflowClient) -> None:
+def _fail(study: optuna.Study, trial: optuna.Trial, client: MlflowClient, error: str) -> None:
+    """Close the trial's run and the trial as FAIL, each carrying ``error`` (the sweep compares
+    trials' errors through the storage to stop early: SweepPlan.failing)."""
     from optuna.trial import TrialState
 
-    run_id = trial.user_attrs.get(RUN_ATTR)
+    run_id = study._storage.get_trial(trial._trial_id).user_attrs.get(RUN_ATTR)
     if run_id:
         client.set_tag(run_id, "state", "FAIL")
+        client.set_tag(run_id, ERROR_ATTR, error)
         if client.get_run(run_id).info.status == "RUNNING":
             client.set_terminated(run_id, status="FAILED")
     if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
         trial.set_user_attr("stop_reason", "error")
+        trial.set_user_attr(ERROR_ATTR, error)
         study.tell(trial, state=TrialState.FAIL)
+
+
+_LIBRARIES = tuple({sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")})
+_MAX_MESSAGE = 300
+
+
+def describe_error(error: BaseException) -> str:
+    """``Type: message (at file:line in function[, from file:line in function])`` on one line.
+
+    ``at`` is the frame that raised; ``from`` is the innermost frame outside the standard library
+    and installed packages (the task's code, or kdsweep's), when that is another frame.
+    """
+    message = " ".join(str(error).split()) or "(no message)"
+    if len(message) > _MAX_MESSAGE:
+        message = message[:_MAX_MESSAGE] + "..."
+    text = f"{type(error).__name__}: {message}"
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return text
+    where = [f"at {_short(frames[-1].filename)}:{frames[-1].lineno} in {frames[-1].name}"]
+    own = next((f for f in reversed(frames) if not f.filename.startswith(_LIBRARIES)), None)
+    if own is not None and own is not frames[-1]:
+        where.append(f"from {_short(own.filename)}:{own.lineno} in {own.name}")
+    return f"{text} ({', '.join(where)})"
+
+
+def _short(filename: str) -> str:
+    """A library file relative to its install folder (torch/nn/functional.py); others as given."""
+    for root in sorted(_LIBRARIES, key=len, reverse=True):
+        if filename.startswith(root + "/"):
+            return filename[len(root) + 1:]
+    return filename
 
 
 def _run_trial(study: optuna.Study, trial: optuna.Trial, plan: SweepPlan, prepared: Prepared,

@@ -44,6 +44,8 @@ def work(plan: SweepPlan, worker: int, interrupt: threading.Event) -> None:
         trials = study.get_trials(deepcopy=False)
         if not (plan.trials_left(trials) and plan.has_time_for_a_trial(trials)) or _grid_done(study):
             return
+        if plan.failing(trials):  # the sweep stops: sweeps/search/sweep.py says why
+            return
         trial = study.ask()
         pause_at("asked")
         run_trial(study, trial, plan, prepared, client, interrupt)
