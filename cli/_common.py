@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from rich.console import Console
 F = TypeVar("F", bound=Callable[..., Any])
 
 console = Console()
+# `kdsweep --debug` (set by cli.main for each invocation) or KDSWEEP_DEBUG=1: tracebacks, not one line.
+debug = False
 err_console = Console(stderr=True)
 
 
@@ -57,13 +60,28 @@ def user_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except KDSweepError as error:
+            _traceback()
             raise fail(str(error), getattr(error, "exit_code", 2)) from None
         except OSError as error:
             if error.filename is None or error.strerror is None:
                 raise
+            _traceback()
             raise fail(f"cannot use {error.filename}: {error.strerror}", 1) from None
 
     return wrapper
+
+
+def debugging() -> bool:
+    """True under `kdsweep --debug` or KDSWEEP_DEBUG=1 (any value but 0 and empty)."""
+    return debug or os.environ.get("KDSWEEP_DEBUG", "0") not in ("", "0")
+
+
+def _traceback() -> None:
+    """The traceback of the error being handled, on stderr, when debugging (the one line follows)."""
+    if debugging():
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Optional
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -10,6 +10,7 @@ from typer.core import TyperCommand, TyperGroup
 from cli import query as query_commands
 from cli import run as run_commands
 from cli import train as train_commands
+from cli import _common
 from cli._common import fail
 
 try:  # Typer 0.2x carries its own copy of Click; older Typer uses Click itself
@@ -82,6 +83,29 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("kdsweep")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            number = "unknown"
+        typer.echo(f"kdsweep {number}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error instead of one line (or set KDSWEEP_DEBUG=1).")] = False,
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print kdsweep's version and exit.")] = None,
+) -> None:
+    """Search knowledge-distillation settings with Optuna; compare every trial in MLflow."""
+    _common.debug = debug
+
+
 app.command(cls=OneLineCommand, rich_help_panel="Search")(run_commands.run)
 app.command(cls=OneLineCommand, rich_help_panel="Train")(train_commands.train)
 app.command(cls=OneLineCommand, rich_help_panel="Train")(train_commands.teacher)

@@ -34,7 +34,7 @@ StorageOpt = Annotated[Optional[str], typer.Option(
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="table for people; csv or json for tools.")]
 WhereOpt = Annotated[Optional[str], typer.Option(
     "--where", "-w", help="Keep trials where this holds: columns, numbers, 'strings', == != < <= > >= in, "
-    "and/or/not. Example: \"retention > 0.95 and student_params < 20000\".")]
+    "and/or/not. Example: \"retention > 0.95 and student_params < 20000\" (default: every trial).")]
 ColumnsOpt = Annotated[Optional[str], typer.Option(
     "--columns", "-c", help="Comma-separated columns to show, in order (default: a compact set for tables, "
     "all for csv/json).")]
@@ -59,8 +59,8 @@ def studies(store: StoreOpt = None, tracking_uri: TrackingOpt = None, storage: S
 def trials(
     study: StudyArg,
     where: WhereOpt = None,
-    sort: Annotated[Optional[str], typer.Option("--sort", "-s", help="Comma-separated columns; -name sorts descending, e.g. -best_val_acc,student_params.")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="Show at most N trials (after sorting).")] = None,
+    sort: Annotated[Optional[str], typer.Option("--sort", "-s", help="Comma-separated columns; -name sorts descending, e.g. -best_val_acc,student_params (default: by trial number).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="Show at most N trials, after sorting (default: all).")] = None,
     columns: ColumnsOpt = None,
     format: FormatOpt = Format.table,
     store: StoreOpt = None,
@@ -187,16 +187,18 @@ def report(
 
 @user_errors
 def ui(
+    study: Annotated[Optional[str], typer.Option(help="Open this study's runs table (default: the list of studies).")] = None,
     port: Annotated[int, typer.Option(help="Port to serve on.", min=1, max=65535)] = 5000,
     host: Annotated[str, typer.Option(help="Interface to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
     store: StoreOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Start the MLflow UI on this store (its database and artifacts) and wait until Ctrl-C."""
+    """Start the MLflow UI on this store (its database and artifacts) and wait until Ctrl-C or SIGTERM."""
     from sweeps.report.ui import serve
 
-    serve(store=store, tracking_uri=tracking_uri, host=host, port=port,
-          on_ready=lambda url: console.print(f"MLflow UI: {url}  (Ctrl-C stops it)", highlight=False, markup=False))
+    serve(store=store, tracking_uri=tracking_uri, host=host, port=port, study=study,
+          on_ready=lambda url: console.print(f"MLflow UI: {url}  (Ctrl-C stops it)", highlight=False, markup=False,
+                                             soft_wrap=True))
 
 
 def _columns(frame: pd.DataFrame, columns: str | None, format: Format, must: list[str] | None = None) -> pd.DataFrame:

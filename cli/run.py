@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -17,9 +18,9 @@ _SEARCH = "Search"
 @user_errors
 def run(
     task: TaskOpt = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="Sweep YAML: run options, `space:` and fixed `train:` settings.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="Sweep YAML: run options, `space:` and fixed `train:` settings (default: none).")] = None,
     budget: Annotated[Optional[str], typer.Option(help="Wall-clock budget of the whole run, teacher included: 2h, 45m, 90s (default: 15m).")] = None,
-    n_trials: Annotated[Optional[int], typer.Option(help="Stop after this many trials (in this run).")] = None,
+    n_trials: Annotated[Optional[int], typer.Option(help="Stop after this many trials in this run (default: only the budget stops it).")] = None,
     study: Annotated[Optional[str], typer.Option(help="Study name (letters, digits, _ . -); an existing study resumes (default: the config file's name, else the task).")] = None,
     jobs: Annotated[Optional[int], typer.Option(help="Parallel worker processes, at most 4 per CPU core (default: 1).")] = None,
     sampler: Annotated[Optional[str], typer.Option(help="tpe, random, grid, cmaes or qmc (default: tpe).", rich_help_panel=_SEARCH)] = None,
@@ -67,14 +68,18 @@ def run(
     from cli.sweep_view import print_summary, sweep_view
     from sweeps.search.sweep import run_sweep
 
+    # A resumed study needs its own space and fixed settings: the config file carries them.
+    run_options = ["--config", str(config.resolve())] if config else []
     paths.create()
     try:
         with sweep_view() as view:
             summary = run_sweep(plan, view, enqueue_presets=bool(options.get("enqueue_presets")), sweep_file=text)
     except KeyboardInterrupt:
+        resume = shlex.join(["kdsweep", "run", "--study", plan.study, *run_options,
+                             *paths.options(plan.storage_url, plan.task)])
         typer.echo("aborted: running trials were marked FAIL and will resume from their checkpoints "
-                   f"with `kdsweep run --study {plan.study}`", err=True)
+                   f"with `{resume}`", err=True)
         raise typer.Exit(130) from None
-    print_summary(summary)
+    print_summary(summary, paths, plan.task, run_options)
     if summary.interrupted:
         raise typer.Exit(130)

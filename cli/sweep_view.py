@@ -14,6 +14,9 @@ from rich.text import Text
 from cli._common import console
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from sweeps.tracking.store import Store
     from sweeps.search.sweep import Snapshot, SweepSummary
 
 _PLAIN_EVERY_S = 10.0
@@ -83,7 +86,8 @@ def sweep_view():
     return LiveView() if console.is_terminal else PlainView()
 
 
-def print_summary(summary: SweepSummary, top: int = 10) -> None:
+def print_summary(summary: SweepSummary, store: Store, task: str, run_options: Sequence[str] = (),
+                  top: int = 10) -> None:
     """The top trials by validation accuracy, the KD verdict, and where to look next."""
     from optuna.trial import TrialState
 
@@ -111,15 +115,25 @@ def print_summary(summary: SweepSummary, top: int = 10) -> None:
         f"{summary.budget_s:.0f}s budget (teacher" + (f" test_acc {teacher:.4f}," if teacher is not None else "")
         + f" {summary.teacher_time_s:.1f}s; cache {summary.cache_time_s:.2f}s)",
         highlight=False, soft_wrap=True)
-    console.print(f"resume:     kdsweep run --study {summary.study} --storage {summary.storage_url}", highlight=False,
-                  soft_wrap=True, markup=False)
-    console.print(f"trials:     kdsweep trials {summary.study} --sort -best_val_acc   |   kdsweep pareto {summary.study}",
-                  highlight=False, soft_wrap=True, markup=False)
-    console.print(f"report:     kdsweep report {summary.study}", highlight=False, soft_wrap=True, markup=False)
-    console.print(f"MLflow UI:  kdsweep ui   (or: mlflow ui --backend-store-uri {summary.tracking_uri})",
-                  highlight=False, soft_wrap=True, markup=False)
-    console.print(f"dashboard:  optuna-dashboard {summary.storage_url}", highlight=False, soft_wrap=True,
-                  markup=False)
+    for line in hints(summary, store, task, run_options):
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
+
+
+def hints(summary: SweepSummary, store: Store, task: str, run_options: Sequence[str] = ()) -> list[str]:
+    """The follow-up commands, each with every option it needs to reach this study from any folder."""
+    from shlex import join
+
+    where = store.options(summary.storage_url)  # --store, --storage, --tracking-uri where not the defaults
+    study = summary.study
+    return [
+        f"resume:     {join(['kdsweep', 'run', '--study', study, *run_options, *store.options(summary.storage_url, task)])}",
+        f"trials:     {join(['kdsweep', 'trials', study, '--sort', '-best_val_acc', *where])}   |   "
+        f"{join(['kdsweep', 'pareto', study, *where])}",
+        f"report:     {join(['kdsweep', 'report', study, *where])}",
+        f"MLflow UI:  {join(['kdsweep', 'ui', '--study', study, *store.options()])}   "
+        f"(or: {join(['mlflow', 'ui', '--backend-store-uri', summary.tracking_uri])})",
+        f"dashboard:  {join(['optuna-dashboard', summary.storage_url])}",
+    ]
 
 
 def _cell(value: object) -> str:

@@ -16,6 +16,17 @@ StoreOpt = Annotated[Optional[Path], typer.Option(
 TrackingOpt = Annotated[Optional[str], typer.Option(
     "--tracking-uri", help="MLflow tracking URI (default: sqlite:///<store>/mlflow.db, or "
     "$MLFLOW_TRACKING_URI).", rich_help_panel=_STORE)]
+# TrainConfig's defaults, for --help without importing kdcore (tests check they agree); a task's
+# defaults() may replace them (mnist1d trains 60 epochs on 30% of its labels).
+TRAIN_DEFAULTS = {"temperature": 4.0, "alpha": 0.7, "ratio": 0.5, "lr": 0.003, "epochs": 40, "data_fraction": 1.0,
+                  "transfer_ratio": 0.0, "batch_size": 128, "patience": 8, "min_delta": 0.0, "weight_decay": 0.01,
+                  "label_smoothing": 0.0, "grad_accum_steps": 1, "seed": 0, "data_seed": 0, "device": "auto"}
+
+
+def _help(text: str, name: str) -> str:
+    return f"{text} (default: {TRAIN_DEFAULTS[name]}, or the task's own)."
+
+
 TaskOpt = Annotated[Optional[str], typer.Option(
     "--task", help="Built-in task (mnist1d, digits) or package.module:factory (default: mnist1d).")]
 
@@ -23,27 +34,27 @@ TaskOpt = Annotated[Optional[str], typer.Option(
 @user_errors
 def train(
     task: TaskOpt = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="YAML file with any of these settings; flags override it.")] = None,
-    preset: Annotated[Optional[str], typer.Option(help="Start from a named preset: quick, conservative, balanced, aggressive, quality, fast, full.")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="Softmax temperature T > 0.")] = None,
-    alpha: Annotated[Optional[float], typer.Option(help="Weight of the distillation term, in [0, 1].")] = None,
-    ratio: Annotated[Optional[float], typer.Option(help="Student width / teacher width, in (0, 1].")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate > 0.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs.")] = None,
-    data_fraction: Annotated[Optional[float], typer.Option(help="Fraction of the training split whose labels are used, in (0, 1].")] = None,
-    transfer_ratio: Annotated[Optional[float], typer.Option(help="Unlabelled inputs per labelled one in each batch, seen only by the KD term (0: none), in [0, 16].")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Batch size.")] = None,
-    patience: Annotated[Optional[int], typer.Option(help="Early-stopping patience in epochs (0: off).", rich_help_panel="Training")] = None,
-    min_delta: Annotated[Optional[float], typer.Option(help="Smallest improvement that resets patience.", rich_help_panel="Training")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay.", rich_help_panel="Training")] = None,
-    label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing of the CE term.", rich_help_panel="Training")] = None,
-    grad_accum_steps: Annotated[Optional[int], typer.Option(help="Batches per optimizer step.", rich_help_panel="Training")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the initialisation and batch order.", rich_help_panel="Training")] = None,
-    data_seed: Annotated[Optional[int], typer.Option(help="Seed of the labelled data-fraction subset.", rich_help_panel="Training")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel="Training")] = None,
-    repeats: Annotated[Optional[int], typer.Option(help="Judge distillation instead of one run: train this config and its no-KD twin this many times each (paired seeds seed+1..seed+K) and print the gain with its 95% interval; 2 or more.", rich_help_panel="Verdict")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML file with any of these settings; flags override it (default: none).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Start from a named preset: quick, conservative, balanced, aggressive, quality, fast, full (default: none).")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help=_help("Softmax temperature T > 0", "temperature"))] = None,
+    alpha: Annotated[Optional[float], typer.Option(help=_help("Weight of the distillation term, in [0, 1]", "alpha"))] = None,
+    ratio: Annotated[Optional[float], typer.Option(help=_help("Student width / teacher width, in (0, 1]", "ratio"))] = None,
+    lr: Annotated[Optional[float], typer.Option(help=_help("Peak learning rate > 0", "lr"))] = None,
+    epochs: Annotated[Optional[int], typer.Option(help=_help("Maximum epochs", "epochs"))] = None,
+    data_fraction: Annotated[Optional[float], typer.Option(help=_help("Fraction of the training split whose labels are used, in (0, 1]", "data_fraction"))] = None,
+    transfer_ratio: Annotated[Optional[float], typer.Option(help=_help("Unlabelled inputs per labelled one in each batch, seen only by the KD term (0: none), in [0, 16]", "transfer_ratio"))] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=_help("Batch size", "batch_size"))] = None,
+    patience: Annotated[Optional[int], typer.Option(help=_help("Early-stopping patience in epochs (0: off)", "patience"), rich_help_panel="Training")] = None,
+    min_delta: Annotated[Optional[float], typer.Option(help=_help("Smallest improvement that resets patience", "min_delta"), rich_help_panel="Training")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help=_help("AdamW weight decay", "weight_decay"), rich_help_panel="Training")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(help=_help("Label smoothing of the CE term", "label_smoothing"), rich_help_panel="Training")] = None,
+    grad_accum_steps: Annotated[Optional[int], typer.Option(help=_help("Batches per optimizer step", "grad_accum_steps"), rich_help_panel="Training")] = None,
+    seed: Annotated[Optional[int], typer.Option(help=_help("Seed of the initialisation and batch order", "seed"), rich_help_panel="Training")] = None,
+    data_seed: Annotated[Optional[int], typer.Option(help=_help("Seed of the labelled data-fraction subset", "data_seed"), rich_help_panel="Training")] = None,
+    device: Annotated[Optional[str], typer.Option(help=_help("auto, cpu, cuda or cuda:N", "device"), rich_help_panel="Training")] = None,
+    repeats: Annotated[Optional[int], typer.Option(help="Judge distillation instead of one run: train this config and its no-KD twin this many times each (paired seeds seed+1..seed+K) and print the gain with its 95% interval; 2 or more (default: one run, no verdict).", rich_help_panel="Verdict")] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.", rich_help_panel=_STORE)] = "kdsweep-train",
-    run_name: Annotated[Optional[str], typer.Option(help="MLflow run name.", rich_help_panel=_STORE)] = None,
+    run_name: Annotated[Optional[str], typer.Option(help="MLflow run name (default: MLflow picks one).", rich_help_panel=_STORE)] = None,
     store: StoreOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 DEFAULT_STORE = "mlruns"
+# MLflow 3 reads this tag to show an experiment's training runs rather than its GenAI overview.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 _STORE_FLAG = "--store (or $KDSWEEP_STORE)"
 _TRACKING_FLAG = "--tracking-uri (or $MLFLOW_TRACKING_URI)"
 # Schemes MLflow has a tracking store for (mlflow.tracking._tracking_service.utils); a database
@@ -217,6 +219,23 @@ class Store:
             _create_database(self.root / "mlflow.db")
         return MlflowClient(tracking_uri=self.tracking_uri)
 
+    def options(self, storage_url: str | None = None, task: str | None = None) -> list[str]:
+        """The command-line options that reach this store (and ``storage_url``, ``task``) from any
+        folder: each one only where it is not the default, so pasted hints stay short but complete."""
+        from kdcore import DEFAULT_TASK
+        from sweeps.tracking.storage import default_storage_url, display_url
+
+        flags: list[str] = []
+        if task and task != DEFAULT_TASK:
+            flags += ["--task", task]
+        if self.root != Path(DEFAULT_STORE).resolve() or os.environ.get("KDSWEEP_STORE"):
+            flags += ["--store", str(self.root)]
+        if storage_url and storage_url != default_storage_url(self.root):
+            flags += ["--storage", display_url(storage_url)]
+        if not self.embedded:
+            flags += ["--tracking-uri", display_url(self.tracking_uri)]
+        return flags
+
     def experiment(self, client: MlflowClient, name: str) -> str:
         """The id of experiment ``name``, created if missing. Its artifacts go under this store (in a
         folder named after it, made safe), except on a tracking server, which keeps its own: MLflow's
@@ -227,7 +246,8 @@ class Store:
         server = self.tracking_uri.startswith(("http://", "https://", "databricks", "uc"))
         location = None if server else (self.artifact_root / folder_name(name)).as_uri()
         try:
-            return client.create_experiment(name, artifact_location=location)
+            # The tag tells viewers that read it (MLflow 3) that these are model-training runs.
+            return client.create_experiment(name, artifact_location=location, tags=dict(EXPERIMENT_TAGS))
         except Exception:
             # Another process created it between our lookup and create: use theirs.
             found = client.get_experiment_by_name(name)
