@@ -411,7 +411,9 @@ def leftovers(tmp_path_factory) -> TwoInvocations:
     root = tmp_path_factory.mktemp("leftovers")
     store = root / "new" / "store"
     sweep = write_sweep_file(root / "short.yaml", {"train": {"epochs": 4}})
-    args = ("run", "--task", "digits", "--config", str(sweep), "--budget", "45s", "--store", str(store),
+    # --n-trials ends both invocations; the budget only bounds them. The first trains the teacher in
+    # the new store, which alone took 87 s beside two CPU-burning processes.
+    args = ("run", "--task", "digits", "--config", str(sweep), "--budget", "180s", "--store", str(store),
             "--study", "leftovers", "--repeats", "0")
     first = run_cli(*args, "--enqueue-presets", "--n-trials", "2", cwd=root)
     if first.returncode != 0:
@@ -503,7 +505,7 @@ def test_shipped_sweep_file_is_valid(path, tmp_path):
 
 def test_digits_quick_sweep_file_runs_a_short_sweep(tmp_path, sweep_template):
     store = copy_store(sweep_template, tmp_path / "store")
-    run = run_cli("run", "--config", str(REPO / "configs" / "digits-quick.yaml"), "--budget", "25s",
+    run = run_cli("run", "--config", str(REPO / "configs" / "digits-quick.yaml"), "--budget", "120s",
                   "--n-trials", "3", "--store", str(store), cwd=tmp_path)
     assert run.returncode == 0, run.explain()
     study, runs = check_sweep_invariants(store, "digits-quick")  # the study is named after the file
