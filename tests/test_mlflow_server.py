@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +23,8 @@ import torch
 from _sweep_store import REPO, copy_store
 
 from sweeps import best, comparison, load_student, trials, update_pareto_tags
+from sweeps.report.ui import experiment_path
+from sweeps.tracking.store import Store
 from sweeps.tracking.run_logger import STUDENT_FORMAT
 
 _START_S = 120
@@ -73,8 +77,11 @@ def server(swept, tmp_path_factory):
     update_pareto_tags(store.study, store=store.root)
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "KDSWEEP_STORE")}
+    # SIGINT as in a terminal's foreground job: pytest started in the background (a CI script, `cmd &`)
+    # hands SIGINT down ignored, and the UI rightly keeps ignoring it (SIGTERM stops it there).
     ui = subprocess.Popen([sys.executable, "-m", "cli.main", "ui", "--port", str(port), *store.options], cwd=REPO,
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + _START_S
@@ -188,6 +195,26 @@ def test_checkpoints_are_listed_and_download_as_the_student(api):
     expected = load_student(store.study, int(row["number"]), store=store.root).state_dict()
     assert checkpoint["state_dict"].keys() == expected.keys()
     assert all(torch.equal(checkpoint["state_dict"][k], expected[k]) for k in expected)
+
+
+_BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(_BROWSER is None, reason="needs a headless browser: apt-get install chromium")
+def test_a_headless_browser_opens_the_study_on_its_runs_table(api, tmp_path):
+    # What a user sees at the URL `kdsweep ui --study` prints. MLflow 3 opens an experiment on its
+    # GenAI overview (traces, no runs) unless the URL asks for the model-training view.
+    store, rest, experiment, found = api
+    url = rest.url + experiment_path(Store.resolve(store.root), store.study)
+    assert url.endswith(f"/#/experiments/{experiment['experiment_id']}/runs?workflowType=machine_learning")
+    page = subprocess.run([_BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=30000",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", url],
+                          capture_output=True, text=True, timeout=180).stdout
+    shown = re.search(r"<strong>(\d+)</strong> matching runs", page)
+    assert shown, f"no runs table at {url}: {page[:300]!r}"
+    assert int(shown[1]) == len(found)  # the parent, every trial, every repeat
+    names = {r["info"]["run_name"] for r in found if not _tags(r).get("mlflow.parentRunId")}
+    assert names and all(f">{name}</span>" in page for name in names)  # top-level rows; trials fold under the parent
 
 
 def test_ctrl_c_stops_the_ui_and_its_server(server):
