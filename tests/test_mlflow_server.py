@@ -4,6 +4,7 @@ histories, the Pareto tags and the checkpoint artifacts must all be visible."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -23,7 +24,7 @@ import torch
 from _sweep_store import REPO, copy_store
 
 from sweeps import best, comparison, load_student, trials, update_pareto_tags
-from sweeps.report.ui import experiment_path
+from sweeps.report.ui import _descendants, experiment_path
 from sweeps.tracking.store import Store
 from sweeps.tracking.run_logger import STUDENT_FORMAT
 
@@ -96,11 +97,14 @@ def server(swept, tmp_path_factory):
         yield store, Server(url), ui
     finally:
         if ui.poll() is None:
+            tree = _descendants(ui.pid)  # the server runs in a session of its own: killpg(ui) misses it
             ui.send_signal(signal.SIGINT)  # what Ctrl-C does
             try:
                 ui.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(ui.pid, signal.SIGKILL)
+                for pid in [ui.pid, *tree]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
         for pid in _server_pids(port):
             os.kill(pid, signal.SIGKILL)
 
