@@ -7,6 +7,7 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from cli import export as export_commands
 from cli import query as query_commands
 from cli import run as run_commands
 from cli import train as train_commands
@@ -116,6 +117,7 @@ app.command(cls=OneLineCommand, rich_help_panel="Query")(query_commands.pareto)
 app.command(cls=OneLineCommand, rich_help_panel="Query")(query_commands.compare)
 app.command(cls=OneLineCommand, rich_help_panel="Query")(query_commands.report)
 app.command(cls=OneLineCommand, rich_help_panel="Query")(query_commands.ui)
+app.command(cls=OneLineCommand, rich_help_panel="Query")(export_commands.export)
 
 if __name__ == "__main__":
     app()

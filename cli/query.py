@@ -83,17 +83,20 @@ def best(
     study: StudyArg,
     metric: Annotated[str, typer.Option("--metric", "-m", help="Column to optimise; costs (train_time_s, student_params, ...) are minimised. Choosing by test_acc makes its test_acc an optimistic estimate.")] = "best_val_acc",
     where: WhereOpt = None,
+    cheapest: Annotated[bool, typer.Option("--cheapest", help="The cheapest trial within the study's limits by its --cost (a pareto study's; else student_params) instead of the most accurate, e.g. after --min-retention 0.98.")] = False,
     format: FormatOpt = Format.table,
     store: StoreOpt = None,
     tracking_uri: TrackingOpt = None,
     storage: StorageOpt = None,
 ) -> None:
-    """The best COMPLETE trial by a metric (default best_val_acc), its checkpoint, and the study's KD verdict."""
+    """The best COMPLETE trial within the study's limits by a metric (default best_val_acc), its checkpoint, and the study's KD verdict."""
     from sweeps import best as find_best
     from sweeps import comparison, verdict_line
     from sweeps import trials as load_trials
 
     frame = load_trials(study, storage=storage, tracking_uri=tracking_uri, store=store)
+    if cheapest:
+        metric = frame.attrs["minimize"][0] if len(frame.attrs["minimize"]) == 1 else "student_params"
     row = find_best(frame, metric, where)
     verdict = comparison(study, storage=storage, tracking_uri=tracking_uri, store=store)
     if format is Format.table:
@@ -131,7 +134,7 @@ def best(
 def pareto(
     study: StudyArg,
     maximize: Annotated[str, typer.Option(help="Comma-separated columns to maximise (validation accuracy by default: choosing on test_acc makes it an optimistic estimate).")] = "best_val_acc",
-    minimize: Annotated[str, typer.Option(help="Comma-separated columns to minimise.")] = "student_params,train_time_s",
+    minimize: Annotated[Optional[str], typer.Option(help="Comma-separated columns to minimise (default: the study's --cost for a pareto study, else student_params,train_time_s).")] = None,
     where: WhereOpt = None,
     columns: ColumnsOpt = None,
     format: FormatOpt = Format.table,
@@ -139,13 +142,15 @@ def pareto(
     tracking_uri: TrackingOpt = None,
     storage: StorageOpt = None,
 ) -> None:
-    """The Pareto-optimal COMPLETE trials (max best_val_acc; min size and time): none is beaten on every objective."""
+    """The Pareto-optimal COMPLETE trials within the study's limits (max best_val_acc; min the study's cost): none is beaten on every objective."""
     from sweeps.query import _where
     from sweeps import pareto as front
     from sweeps import trials as load_trials
 
-    frame = _where.where(load_trials(study, storage=storage, tracking_uri=tracking_uri, store=store), where)
-    most, least = _where.split_names(maximize), _where.split_names(minimize)
+    frame = load_trials(study, storage=storage, tracking_uri=tracking_uri, store=store)
+    most = _where.split_names(maximize)
+    least = _where.split_names(minimize) if minimize is not None else list(frame.attrs["minimize"])
+    frame = _where.where(frame[frame["feasible"]], where)
     optimal = front(frame, maximize=most, minimize=least)
     optimal = optimal.sort_values(least[0] if least else most[0], ascending=bool(least), kind="stable")
     _emit(_columns(optimal, columns, format, must=[*most, *least]), format,

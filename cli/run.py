@@ -13,6 +13,7 @@ from cli._common import given, read_config, user_errors
 from cli.train import StoreOpt, TaskOpt, TrackingOpt
 
 _SEARCH = "Search"
+_OBJECTIVE = "Objective and limits"
 
 
 @user_errors
@@ -29,6 +30,13 @@ def run(
     min_epochs: Annotated[Optional[int], typer.Option(help="A trial starts only if this many epochs fit in the time left; pruning starts after them (default: 3).", rich_help_panel=_SEARCH)] = None,
     enqueue_presets: Annotated[Optional[bool], typer.Option("--enqueue-presets", help="Try the named presets first, each with all its settings (epochs, batch, accumulation, ...); data_fraction, data_seed, transfer_ratio and device stay the study's.", rich_help_panel=_SEARCH)] = None,
     repeats: Annotated[Optional[int], typer.Option(help="KD verdict: train the best trial's config and its no-KD twin this many times each (paired seeds) for a 95% interval of the gain; 0 skips it, 1 is too few (default: 3).", rich_help_panel=_SEARCH)] = None,
+    objective: Annotated[Optional[str], typer.Option(help="accuracy: maximise validation accuracy; pareto: validation accuracy against --cost, the result is the front (default: accuracy).", rich_help_panel=_OBJECTIVE)] = None,
+    cost: Annotated[Optional[str], typer.Option(help="The cost --objective pareto minimises: params, flops, latency, int8_size or train_time (default: params).", rich_help_panel=_OBJECTIVE)] = None,
+    max_params: Annotated[Optional[int], typer.Option(help="Limit: student parameters; a larger student is rejected before training (default: none).", rich_help_panel=_OBJECTIVE)] = None,
+    max_flops: Annotated[Optional[int], typer.Option(help="Limit: forward FLOPs per sample (default: none).", rich_help_panel=_OBJECTIVE)] = None,
+    max_latency_ms: Annotated[Optional[float], typer.Option(help="Limit: CPU latency at batch 1, one thread, in ms (default: none).", rich_help_panel=_OBJECTIVE)] = None,
+    max_size: Annotated[Optional[str], typer.Option(help="Limit: fp32 weights' size, e.g. 50KB, 48KiB, 1MB or bytes (default: none).", rich_help_panel=_OBJECTIVE)] = None,
+    min_retention: Annotated[Optional[float], typer.Option(help="Limit: best validation accuracy / the teacher's, e.g. 0.98; checked after training (default: none).", rich_help_panel=_OBJECTIVE)] = None,
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage: sqlite:///f.db, postgresql://..., or a journal file (default: <store>/optuna.journal).", rich_help_panel="Store")] = None,
     store: StoreOpt = None,
     tracking_uri: TrackingOpt = None,
@@ -37,6 +45,7 @@ def run(
     started = time.time()
     from kdcore import DEFAULT_TASK, get_task, make_config
     from sweeps.search.budget import parse_budget
+    from sweeps.search.objectives import LIMITS, Objective
     from sweeps.search.space import with_task_defaults
     from sweeps.search.plan import DEFAULT_REPEATS, SweepPlan
     from sweeps.search.checks import check_sweep
@@ -49,7 +58,14 @@ def run(
     file = make_config(SweepFile, **settings)
     options = {**file.model_dump(exclude_none=True), **given(
         task=task, budget=budget, n_trials=n_trials, study=study, jobs=jobs, sampler=sampler, pruner=pruner,
-        seed=seed, min_epochs=min_epochs, enqueue_presets=enqueue_presets, storage=storage, repeats=repeats)}
+        seed=seed, min_epochs=min_epochs, enqueue_presets=enqueue_presets, storage=storage, repeats=repeats,
+        objective=objective, cost=cost, max_params=max_params, max_flops=max_flops, max_latency_ms=max_latency_ms,
+        max_size=max_size, min_retention=min_retention)}
+    goal = Objective.parse(options.get("objective", "accuracy"), options.get("cost"),
+                           **{name: options.get(name) for name in LIMITS})
+    # Optuna prunes single-objective studies only: a pareto search stops trials by early stopping.
+    pruner_given = "pruner" in options
+    default_pruner = "median" if len(goal.directions) == 1 else "none"
     task_spec = options.get("task", DEFAULT_TASK)
     fixed = with_task_defaults(options.get("space"), options.get("train", {}), get_task(task_spec).defaults())
     paths = Store.resolve(store, tracking_uri)
@@ -59,11 +75,11 @@ def run(
         task=task_spec, store_root=str(paths.root), tracking_uri=paths.tracking_uri,
         storage_url=options.get("storage") or default_storage_url(paths.root),
         space=options.get("space"), fixed=fixed,
-        sampler=options.get("sampler", "tpe"), pruner=options.get("pruner", "median"),
+        sampler=options.get("sampler", "tpe"), pruner=options.get("pruner", default_pruner),
         seed=options.get("seed", 0), budget_s=parse_budget(options.get("budget", DEFAULT_BUDGET)),
         started_at=started, min_epochs=options.get("min_epochs", 3), n_trials=options.get("n_trials"),
-        jobs=options.get("jobs", 1), repeats=options.get("repeats", DEFAULT_REPEATS))
-    check_sweep(plan, bool(options.get("enqueue_presets")))
+        jobs=options.get("jobs", 1), repeats=options.get("repeats", DEFAULT_REPEATS), objective=goal)
+    check_sweep(plan, bool(options.get("enqueue_presets")), pruner_given=pruner_given)
 
     from cli.sweep_view import print_summary, sweep_view
     from sweeps.search.sweep import run_sweep

@@ -93,8 +93,10 @@ def print_summary(summary: SweepSummary, store: Store, task: str, run_options: S
 
     from sweeps.query.summary import verdict_line
 
-    done = [t for t in summary.trials if t.state == TrialState.COMPLETE and t.value is not None]
-    done.sort(key=lambda t: t.value, reverse=True)
+    from sweeps.search.objectives import feasible, val_acc
+
+    done = [t for t in summary.trials if t.state == TrialState.COMPLETE and t.values and feasible(t)]
+    done.sort(key=val_acc, reverse=True)
     table = Table(title=f"top trials of study '{summary.study}'")
     # A preset's override replaces a searched value, so a trial may lack a param: take the union.
     names = list(dict.fromkeys(name for t in done[:top] for name in t.params))
@@ -102,7 +104,7 @@ def print_summary(summary: SweepSummary, store: Store, task: str, run_options: S
         table.add_column(column, justify="right", no_wrap=True)
     for t in done[:top]:
         table.add_row(str(t.number), *[_cell(t.params.get(n)) for n in names],
-                      f"{t.value:.4f}", f"{t.user_attrs.get('test_acc', float('nan')):.4f}",
+                      f"{val_acc(t):.4f}", f"{t.user_attrs.get('test_acc', float('nan')):.4f}",
                       str(t.user_attrs.get("student_params", "")), f"{t.user_attrs.get('train_time_s', 0):.1f}")
     # Off a terminal Rich assumes 80 columns and would squeeze the headers; logs can be wider.
     console.print(table, width=None if console.is_terminal else max(console.width, 120))

@@ -15,6 +15,8 @@ from kdcore.errors import CacheError, ConfigError, KDSweepError, StopTraining, T
 _LAZY = {
     **dict.fromkeys(("CachedOutputs", "cache_key", "teacher_outputs"), "kdcore.cache"),
     **dict.fromkeys(("TrainConfig", "make_config", "no_kd_twin"), "kdcore.config"),
+    **dict.fromkeys(("ArchitectureCost", "Int8Student", "architecture_cost", "architecture_key", "int8_metrics",
+                     "quantize_int8"), "kdcore.cost"),
     **dict.fromkeys(("KDLoss", "kd_loss"), "kdcore.loss"),
     **dict.fromkeys(("PRESETS", "preset"), "kdcore.presets"),
     "preflight": "kdcore.preflight",
@@ -37,6 +39,8 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:
     from kdcore.cache import CachedOutputs, cache_key, teacher_outputs
     from kdcore.config import TrainConfig, make_config, no_kd_twin
+    from kdcore.cost import (ArchitectureCost, Int8Student, architecture_cost, architecture_key, int8_metrics,
+                             quantize_int8)
     from kdcore.loss import KDLoss, kd_loss
     from kdcore.preflight import preflight
     from kdcore.presets import PRESETS, preset
@@ -45,8 +49,9 @@ if TYPE_CHECKING:
     from kdcore.trainer import EpochResult, TeacherLogits, TrainResult, check_config, count_parameters, train
 
 __all__ = [
-    "DEFAULT_TASK", "PRESETS", "CacheError", "CachedOutputs", "ConfigError", "EpochResult", "KDLoss",
-    "KDSweepError", "Splits", "StopTraining", "Task", "TaskError", "Teacher", "TeacherLogits", "TrainConfig",
-    "TrainResult", "cache_key", "check_config", "count_parameters", "get_task", "kd_loss", "load_or_train_teacher",
-    "make_config", "no_kd_twin", "preflight", "preset", "register_task", "task_names", "teacher_outputs", "train",
+    "DEFAULT_TASK", "PRESETS", "ArchitectureCost", "CacheError", "CachedOutputs", "ConfigError", "EpochResult",
+    "Int8Student", "KDLoss", "KDSweepError", "Splits", "StopTraining", "Task", "TaskError", "Teacher", "TeacherLogits",
+    "TrainConfig", "TrainResult", "architecture_cost", "architecture_key", "cache_key", "check_config",
+    "count_parameters", "get_task", "int8_metrics", "kd_loss", "load_or_train_teacher", "make_config", "no_kd_twin",
+    "preflight", "preset", "quantize_int8", "register_task", "task_names", "teacher_outputs", "train",
 ]

@@ -29,6 +29,7 @@ class Teacher:
     path: Path | None  # None for a task's pretrained weights
     trained_now: bool
     train_time_s: float
+    val_acc: float = 0.0  # the base of validation retention (a limit the search may select on)
 
 
 def teacher_path(task: Task, store: Path) -> Path:
@@ -44,7 +45,8 @@ def load_or_train_teacher(
     pretrained = task.pretrained_teacher()
     if pretrained is not None:
         model.load_state_dict(pretrained)
-        return Teacher(model.eval(), _test_acc(task, model, device), state_digest(pretrained), None, False, 0.0)
+        return Teacher(model.eval(), _accuracy(task, model, device, "test"), state_digest(pretrained), None, False,
+                       0.0, _accuracy(task, model, device, "val"))
 
     path = teacher_path(task, store)
     if path.exists():
@@ -52,7 +54,9 @@ def load_or_train_teacher(
             saved = load_safe(path)
             if saved.get("format") == TEACHER_FORMAT and saved["digest"] == state_digest(saved["state_dict"]):
                 model.load_state_dict(saved["state_dict"])
-                return Teacher(model.eval(), saved["test_acc"], saved["digest"], path, False, saved["train_time_s"])
+                val_acc = saved.get("val_acc") or _accuracy(task, model, device, "val")
+                return Teacher(model.eval(), saved["test_acc"], saved["digest"], path, False, saved["train_time_s"],
+                               val_acc)
         except Exception as error:  # a truncated or foreign file: retrain rather than trust it
             log.warning("teacher checkpoint %s is unreadable (%s); training a new one", path, error)
         else:
@@ -65,14 +69,15 @@ def load_or_train_teacher(
                  "val_acc": result.best_val_acc, "train_time_s": result.train_time_s,
                  "config": config.model_dump()}, path)
     model.load_state_dict(result.state_dict)
-    return Teacher(model.eval(), result.test_acc, state_digest(result.state_dict), path, True, result.train_time_s)
+    return Teacher(model.eval(), result.test_acc, state_digest(result.state_dict), path, True, result.train_time_s,
+                   result.best_val_acc)
 
 
-def _test_acc(task: Task, model: nn.Module, device: str) -> float:
+def _accuracy(task: Task, model: nn.Module, device: str, split: str) -> float:
     import contextlib
 
     torch_device = resolve_device(device)
     model.to(torch_device)
-    _, acc = evaluate(model, BatchSource(task.splits().test, 512, torch_device), contextlib.nullcontext)
+    _, acc = evaluate(model, BatchSource(getattr(task.splits(), split), 512, torch_device), contextlib.nullcontext)
     model.cpu()
     return acc

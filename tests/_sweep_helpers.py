@@ -253,6 +253,8 @@ def check_sweep_invariants(store: Path, study_name: str) -> tuple[Any, SweepRuns
         assert run.info.status in ("FINISHED", "KILLED"), f"{where}: run status {run.info.status}"
         if trial.user_attrs.get("stop_reason") == "worker_lost":
             continue  # killed mid-epoch: no final checkpoint; its resumed copy has one
+        if trial.user_attrs.get("stop_reason") == "infeasible":
+            continue  # rejected before training by a limit: no epoch, no checkpoint
         # Per-epoch metrics with step = epoch, and the student checkpoint.
         first = int(trial.user_attrs.get("resumed_from_epoch", 0)) + 1
         expected = list(range(first, int(trial.user_attrs["epochs_run"]) + 1))

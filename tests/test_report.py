@@ -18,8 +18,8 @@ from cli.main import app
 from sweeps import comparison, pareto, trials, verdict_line, write_report
 from sweeps.tracking.storage import open_storage
 
-FIGURES = ["accuracy_vs_params.png", "accuracy_vs_time.png", "validation_curves.png", "param_importances.png",
-           "parallel_coordinates.png", "epoch_time_by_ratio.png"]
+FIGURES = ["accuracy_vs_params.png", "accuracy_vs_time.png", "int8_vs_fp32.png", "validation_curves.png",
+           "param_importances.png", "parallel_coordinates.png", "epoch_time_by_ratio.png"]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from kdcore import ConfigError
 from sweeps.query._runs import ExperimentRuns, experiment_runs
 from sweeps.query.trials import Sources, best, trial_frame
+from sweeps.search.objectives import feasible, val_acc
 from sweeps.verdict.paired import INCOMPLETE, VERDICTS
 
 if TYPE_CHECKING:
@@ -39,9 +40,9 @@ def studies(*, storage: str | None = None, tracking_uri: str | None = None,
     rows = []
     for summary in source.get_all_studies():
         frozen = source.get_all_trials(source.get_study_id_from_name(summary.study_name), deepcopy=False)
-        complete = [t for t in frozen if t.state == TrialState.COMPLETE and t.value is not None]
+        complete = [t for t in frozen if t.state == TrialState.COMPLETE and t.values and feasible(t)]
         sign = -1.0 if summary.directions[0] == StudyDirection.MINIMIZE else 1.0
-        top = max(complete, key=lambda t: sign * t.value) if complete else None
+        top = max(complete, key=lambda t: sign * val_acc(t)) if complete else None
         starts = [t.datetime_start for t in frozen if t.datetime_start]
         ends = [t.datetime_complete for t in frozen if t.datetime_complete]
         rows.append({
@@ -49,7 +50,7 @@ def studies(*, storage: str | None = None, tracking_uri: str | None = None,
             **{name: sum(t.state == state for t in frozen) for name, state in (
                 ("complete", TrialState.COMPLETE), ("pruned", TrialState.PRUNED), ("failed", TrialState.FAIL),
                 ("running", TrialState.RUNNING))},
-            "best_trial": top.number if top else None, "best_val_acc": top.value if top else None,
+            "best_trial": top.number if top else None, "best_val_acc": val_acc(top) if top else None,
             "best_test_acc": top.user_attrs.get("test_acc") if top else None,
             "trial_time_s": sum((t.datetime_complete - t.datetime_start).total_seconds() for t in frozen
                                 if t.datetime_complete and t.datetime_start),

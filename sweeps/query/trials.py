@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from kdcore import ConfigError
 from sweeps.query import _where
 from sweeps.query._runs import ExperimentRuns, experiment_runs
+from sweeps.search.objectives import feasible
 from sweeps.tracking.storage import StoreDamagedError, default_storage_url, display_url, open_storage
 from sweeps.tracking.store import Store, check_storage_path
 
@@ -43,16 +44,20 @@ DEFAULT_MINIMIZE = ("student_params", "train_time_s")
 # Numbers a trial stores as Optuna user attrs, with their column dtype ("Int64": integers that
 # may be missing). The mean epoch time is ``epoch_time_s``; wall_time_s includes set-up and upload.
 _ATTR_DTYPES = {
-    "best_val_acc": "float64", "test_acc": "float64", "retention": "float64",
-    "student_params": "Int64", "student_size_bytes": "Int64", "train_time_s": "float64",
-    "wall_time_s": "float64", "epochs_run": "Int64", "epoch_time_s": "float64",
+    "best_val_acc": "float64", "test_acc": "float64", "retention": "float64", "val_retention": "float64",
+    "student_params": "Int64", "student_size_bytes": "Int64", "student_flops": "Int64", "latency_threads": "Int64",
+    "latency_ms_b1": "float64", "latency_ms_b256": "float64",
+    "int8_size_bytes": "Int64", "int8_val_acc": "float64", "int8_test_acc": "float64", "int8_latency_ms_b1": "float64",
+    "train_time_s": "float64", "wall_time_s": "float64", "epochs_run": "Int64", "epoch_time_s": "float64",
 }
 # Of those, the ones a trial's MLflow run logs under the same name and meaning (its final metrics).
-_FROM_MLFLOW = ("best_val_acc", "test_acc", "retention", "student_params", "student_size_bytes",
-                "train_time_s", "epochs_run")
+_FROM_MLFLOW = ("best_val_acc", "test_acc", "retention", "val_retention", "student_params", "student_size_bytes",
+                "student_flops", "latency_ms_b1", "latency_ms_b256", "int8_size_bytes", "int8_val_acc",
+                "int8_test_acc", "int8_latency_ms_b1", "train_time_s", "epochs_run")
 _STRING_COLUMNS = ("state", "stop_reason", "run_status", "mlflow_run_id", "checkpoint_uri")
 # Metrics where smaller is better, for ``best(..., direction=None)``.
-_COSTS = ("student_params", "student_size_bytes", "train_time_s", "wall_time_s", "epoch_time_s",
+_COSTS = ("student_params", "student_size_bytes", "student_flops", "latency_ms_b1", "latency_ms_b256",
+          "int8_size_bytes", "int8_latency_ms_b1", "train_time_s", "wall_time_s", "epoch_time_s",
           "epochs_run", "duration_s")
 
 
@@ -134,9 +139,10 @@ def trial_frame(study: optuna.Study, runs: ExperimentRuns) -> pd.DataFrame:
         row: dict[str, Any] = {"number": t.number, "state": t.state.name}
         row.update({name: t.params.get(name) for name in param_dtypes})
         row.update({name: attrs.get(name, logged.get(name) if name in _FROM_MLFLOW else None) for name in _ATTR_DTYPES})
-        if row["best_val_acc"] is None and t.value is not None:  # a COMPLETE trial's value is its best val_acc
-            row["best_val_acc"] = t.value
+        if row["best_val_acc"] is None and t.values:  # a COMPLETE trial's first value is its best val_acc
+            row["best_val_acc"] = t.values[0]
         end = t.datetime_complete
+        row["feasible"] = feasible(t)
         row.update(stop_reason=attrs.get("stop_reason") or (run.tags.get("stop_reason") if run else None),
                    run_status=run.status if run else None, started=t.datetime_start,
                    duration_s=(end - t.datetime_start).total_seconds() if end and t.datetime_start else None,
@@ -144,15 +150,25 @@ def trial_frame(study: optuna.Study, runs: ExperimentRuns) -> pd.DataFrame:
                    checkpoint_uri=attrs.get("checkpoint_uri"))
         rows.append(row)
 
-    columns = ["number", "state", *param_dtypes, *_ATTR_DTYPES,
+    columns = ["number", "state", *param_dtypes, *_ATTR_DTYPES, "feasible",
                "stop_reason", "pareto", "run_status", "started", "duration_s", "mlflow_run_id", "checkpoint_uri"]
     frame = pd.DataFrame(rows, columns=[c for c in columns if c != "pareto"])
-    dtypes = {"number": "int64", **param_dtypes, **_ATTR_DTYPES, "duration_s": "float64",
+    dtypes = {"number": "int64", **param_dtypes, **_ATTR_DTYPES, "feasible": "bool", "duration_s": "float64",
               **{c: "string" for c in _STRING_COLUMNS}}
     frame = frame.astype(dtypes)
     frame["started"] = pd.to_datetime(frame["started"])
-    frame["pareto"] = frame["number"].isin(pareto(frame)["number"])
-    return frame[columns].reset_index(drop=True)
+    maximize, minimize = study_objectives(study)
+    frame["pareto"] = frame["number"].isin(pareto(frame[frame["feasible"]], maximize, minimize)["number"])
+    frame = frame[columns].reset_index(drop=True)
+    frame.attrs.update(maximize=maximize, minimize=minimize)  # the study's front, for pareto/best --cheapest
+    return frame
+
+
+def study_objectives(study: optuna.Study) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The columns the study's front is drawn on (maximize, minimize): validation accuracy against
+    the study's --cost for a pareto search; else against parameters and training time."""
+    cost = study.user_attrs.get("kdsweep.cost")
+    return DEFAULT_MAXIMIZE, ((cost,) if cost else DEFAULT_MINIMIZE)
 
 
 def _param_dtypes(frozen: list[optuna.trial.FrozenTrial]) -> dict[str, str]:
@@ -187,8 +203,8 @@ def best(study: str | pd.DataFrame, metric: str = SELECTION_METRIC, where: str |
          direction: str | None = None, storage: str | None = None, tracking_uri: str | None = None,
          store: str | Path | None = None) -> pd.Series:
     """The COMPLETE trial with the highest ``metric`` (lowest for a cost such as train_time_s), among
-    those matching ``where``. ``study`` is a study name or a ``trials`` frame. Ties go to the
-    earliest trial.
+    those matching ``where`` and within the study's limits. ``study`` is a study name or a
+    ``trials`` frame. Ties go to the higher best_val_acc, then to the earliest trial.
 
     The default, ``best_val_acc``, keeps the row's ``test_acc`` an honest held-out estimate;
     ``metric="test_acc"`` is allowed, but then the test accuracy it reports was chosen on test.
@@ -206,10 +222,16 @@ def best(study: str | pd.DataFrame, metric: str = SELECTION_METRIC, where: str |
         raise ConfigError(f"direction {direction!r} is not allowed: use maximize or minimize")
     rows = _where.where(frame, where)
     rows = rows[(rows["state"] == "COMPLETE").fillna(False).to_numpy() & rows[metric].notna().to_numpy()]
+    if "feasible" in rows.columns:  # a trial that broke one of the study's limits is never the best
+        rows = rows[rows["feasible"].fillna(True).to_numpy(dtype=bool)]
     if rows.empty:
         of = f" of study {study!r}" if isinstance(study, str) else ""
-        raise ConfigError(f"no COMPLETE trial{of} has a {metric}" + (f" where {where}" if where else ""))
-    ordered = rows.sort_values(metric, ascending=direction == "minimize", kind="stable")
+        raise ConfigError(f"no COMPLETE trial{of} within the study's limits has a {metric}"
+                          + (f" where {where}" if where else ""))
+    by, ascending = [metric], [direction == "minimize"]
+    if metric != SELECTION_METRIC:  # equally cheap: the more accurate one (then the earlier)
+        by, ascending = [metric, SELECTION_METRIC], [direction == "minimize", False]
+    ordered = rows.sort_values(by, ascending=ascending, kind="stable")
     return ordered.iloc[0]
 
 

@@ -9,7 +9,7 @@ through pyplot, inside ``rc_context`` so their ggplot style does not leak into t
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,12 +82,43 @@ def _short(name: str) -> str:
     return _SHORT.get(name, name)
 
 
+_COST_LABELS = {"student_params": "student parameters", "train_time_s": "training time per trial (s)",
+                "student_flops": "FLOPs per sample", "latency_ms_b1": "CPU latency at batch 1 (ms)",
+                "int8_size_bytes": "INT8 weights (bytes)"}
+_LOG_COSTS = ("student_params", "student_flops", "int8_size_bytes")
+
+
 def front_line(rows: pd.DataFrame, x: str, by: str = "best_val_acc") -> pd.DataFrame:
     """The 2-D Pareto front of ``rows`` (maximise ``by``, minimise x), sorted by x. ``by`` is validation
     accuracy: a front chosen on test accuracy would flatter the test numbers the figure shows."""
     from sweeps.query.trials import pareto
 
     return pareto(rows, maximize=(by,), minimize=(x,), states=None).sort_values(x)
+
+
+def plot_int8(frame: pd.DataFrame, context: Context, path: Path) -> Path:
+    """Each COMPLETE trial's student twice, fp32 and INT8: test accuracy against bytes, joined."""
+    complete = frame[(frame["state"] == "COMPLETE").to_numpy() & frame["feasible"].to_numpy(dtype=bool)]
+    both = complete.dropna(subset=["student_size_bytes", "test_acc", "int8_size_bytes", "int8_test_acc"])
+    if both.empty:
+        raise Skipped("no COMPLETE trial with an INT8 model yet")
+    figure, axes = _figure()
+    for _, row in both.iterrows():
+        axes.plot([row["student_size_bytes"], row["int8_size_bytes"]], [row["test_acc"], row["int8_test_acc"]],
+                  color=_PRUNED, linewidth=0.6, alpha=0.6, zorder=1)
+    axes.scatter(both["student_size_bytes"], both["test_acc"], s=36, label="fp32 student", zorder=3)
+    axes.scatter(both["int8_size_bytes"], both["int8_test_acc"], s=36, marker="s", color=_FRONT,
+                 label="the same student in INT8", zorder=3)
+    if context.teacher_test_acc is not None:
+        axes.axhline(context.teacher_test_acc, color=_TEACHER, linestyle="--", linewidth=1,
+                     label=f"teacher ({context.teacher_test_acc:.4f})")
+    axes.set_xscale("log")
+    _plain_log_ticks(axes.xaxis)
+    axes.set_xlabel("serialized weights (bytes, log scale)")
+    axes.set_ylabel("test accuracy (held-out estimate)")
+    axes.set_title("fp32 and INT8 students: size and accuracy")
+    _legend_below(figure, axes)
+    return _save(figure, path)
 
 
 def plot_accuracy_vs_cost(frame: pd.DataFrame, context: Context, x: str, path: Path) -> Path:
@@ -100,7 +131,7 @@ def plot_accuracy_vs_cost(frame: pd.DataFrame, context: Context, x: str, path: P
     if complete.empty:
         raise Skipped("no COMPLETE trial yet")
     figure, axes = _figure()
-    label = {"student_params": "student parameters", "train_time_s": "training time per trial (s)"}.get(x, x)
+    label = _COST_LABELS.get(x, x)
     low = _accuracy_floor(complete, context)
     shown = pruned[pruned["test_acc"] >= low]
     hidden = len(pruned) - len(shown)
@@ -120,7 +151,8 @@ def plot_accuracy_vs_cost(frame: pd.DataFrame, context: Context, x: str, path: P
             _plain_log_ticks(bar.ax.yaxis)
     else:
         axes.scatter(complete[x], complete["test_acc"], s=40, label="complete trial", zorder=3)
-    front = front_line(complete.dropna(subset=["best_val_acc"]), x)
+    within = complete[complete["feasible"].to_numpy(dtype=bool)] if "feasible" in complete.columns else complete
+    front = front_line(within.dropna(subset=["best_val_acc"]), x)
     # The front is chosen on validation and drawn at test height, so it need not rise monotonically:
     # a plain line through it, not a staircase.
     axes.plot(front[x], front["test_acc"], color=_FRONT, linewidth=1.0, alpha=0.7, zorder=2)
@@ -134,11 +166,12 @@ def plot_accuracy_vs_cost(frame: pd.DataFrame, context: Context, x: str, path: P
     if context.teacher_test_acc is not None:
         axes.axhline(context.teacher_test_acc, color=_TEACHER, linestyle="--", linewidth=1,
                      label=f"teacher ({context.teacher_test_acc:.4f})")
-    if x == "student_params":
+    logged = x in _LOG_COSTS
+    if logged:
         axes.set_xscale("log")
         _plain_log_ticks(axes.xaxis)
     axes.set_ylim(low, min(1.0, max(complete["test_acc"].max(), context.teacher_test_acc or 0)) + 0.01)
-    axes.set_xlabel(label + (" (log scale)" if x == "student_params" else ""))
+    axes.set_xlabel(label + (" (log scale)" if logged else ""))
     axes.set_ylabel("test accuracy (held-out estimate)")
     axes.set_title(f"test accuracy vs {label.split(' (')[0]}")
     _legend_below(figure, axes)
@@ -152,9 +185,11 @@ def _accuracy_floor(complete: pd.DataFrame, context: Context) -> float:
     return max(0.0, low - max(0.02, 0.15 * (top - low)))
 
 
-def plot_validation_curves(study: optuna.Study, frame: pd.DataFrame, path: Path, top: int = 5) -> Path:
+def plot_validation_curves(study: optuna.Study, frame: pd.DataFrame, path: Path, top: int = 5,
+                           history: Callable[[str], dict[int, float]] | None = None) -> Path:
     """Per-epoch validation accuracy (the values the pruner saw) of the ``top`` trials by best validation
-    accuracy (ties: the earlier trial)."""
+    accuracy (ties: the earlier trial). A two-objective study reports none to Optuna (it cannot
+    prune): ``history`` reads a run's logged val_acc instead."""
     complete = frame[(frame["state"] == "COMPLETE").to_numpy()].dropna(subset=["best_val_acc"])
     if complete.empty:
         raise Skipped("no COMPLETE trial yet")
@@ -164,6 +199,8 @@ def plot_validation_curves(study: optuna.Study, frame: pd.DataFrame, path: Path,
     figure, axes = _figure()
     for _, row in leaders.iterrows():
         values = by_number[int(row["number"])].intermediate_values
+        if not values and history is not None and isinstance(row["mlflow_run_id"], str):
+            values = history(row["mlflow_run_id"])
         if not values:
             continue
         epochs = sorted(values)
@@ -254,13 +291,17 @@ def plot_optuna(kind: str, study: optuna.Study, path: Path) -> Path:
     with matplotlib.rc_context(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ExperimentalWarning
         try:
+            # A pareto study has two values per trial: the plots are about the first, validation accuracy.
+            target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
             if kind == "importances":
-                axes = optuna_plots.plot_param_importances(study, params=searched, target_name="best val_acc")
+                axes = optuna_plots.plot_param_importances(study, params=searched, target=target,
+                                                           target_name="best val_acc")
                 axes.set_title("importance of each setting for the best validation accuracy", loc="left")
                 if axes.get_legend() is not None:
                     axes.get_legend().remove()
             else:
-                axes = optuna_plots.plot_parallel_coordinate(study, params=searched, target_name="best val_acc")
+                axes = optuna_plots.plot_parallel_coordinate(study, params=searched, target=target,
+                                                             target_name="best val_acc")
                 axes.set_title("COMPLETE trials through their settings (colour: best validation accuracy)", y=1.03)
         except (ValueError, RuntimeError, ZeroDivisionError) as error:
             plt.close("all")

@@ -28,6 +28,7 @@ from sweeps.tracking.store import check_folder, folder_name, make_folder
 if TYPE_CHECKING:
     import optuna
     import pandas as pd
+    from mlflow import MlflowClient
 
 REPORT_ARTIFACT_DIR = "report"
 REPORT_FILE = "report.html"
@@ -61,7 +62,7 @@ def write_report(study: str, out: str | Path | None = None, *, storage: str | No
     table = study_comparison(runs)
     make_folder(folder, "--out")
 
-    sections = _draw(opened, frame, runs, table, folder)
+    sections = _draw(opened, frame, runs, table, folder, sources.store.client())
     page = folder / REPORT_FILE
     page.write_text(_page(opened, frame, runs, table, sections), encoding="utf-8")
     parents = runs.of_kind("study")
@@ -74,7 +75,10 @@ def write_report(study: str, out: str | Path | None = None, *, storage: str | No
 
 
 def _draw(study: optuna.Study, frame: pd.DataFrame, runs: ExperimentRuns, table: dict[str, Any],
-          folder: Path) -> list[Section]:
+          folder: Path, client: MlflowClient) -> list[Section]:
+    def val_history(run_id: str) -> dict[int, float]:
+        return {m.step: m.value for m in client.get_metric_history(run_id, "val_acc")}
+
     colour, log_colour = _plots.colour_param(study, frame)
     context = _plots.Context(colour, log_colour, _teacher_acc(runs, table))
     colour_note = f" Colour: {colour}{' (log scale)' if log_colour else ''}." if colour else ""
@@ -91,10 +95,21 @@ def _draw(study: optuna.Study, frame: pd.DataFrame, runs: ExperimentRuns, table:
                  "the red front (chosen on validation accuracy) are the cheapest way found to reach their "
                  f"validation accuracy.{colour_note}"),
          lambda p: _plots.plot_accuracy_vs_cost(frame, context, "train_time_s", p)),
+        *([(Section(f"accuracy_vs_{cost}.png", f"Accuracy vs the study's cost: {cost}",
+                    "The study searched validation accuracy against this cost (--objective pareto); the red rings "
+                    f"are its front, within the study's limits.{colour_note}"),
+            lambda p: _plots.plot_accuracy_vs_cost(frame, context, cost, p))]
+          if (cost := frame.attrs.get("minimize", ("student_params",))[0]) not in ("student_params", "train_time_s")
+          else []),
+        (Section("int8_vs_fp32.png", "INT8 beside fp32",
+                 "Each complete trial's student after post-training INT8 quantization (square) beside its fp32 "
+                 "self (dot), joined: what quantization saves in bytes and costs in test accuracy. How it was "
+                 "quantized is in each trial run's tags int8_method and int8_layers."),
+         lambda p: _plots.plot_int8(frame, context, p)),
         (Section("validation_curves.png", "Validation curves of the top trials",
                  "Validation accuracy after every epoch (the value the pruner compares) for the trials with "
                  "the best validation accuracy; the dot marks the epoch whose weights were kept."),
-         lambda p: _plots.plot_validation_curves(study, frame, p)),
+         lambda p: _plots.plot_validation_curves(study, frame, p, history=val_history)),
         (Section("param_importances.png", "Parameter importances",
                  "How much of the variation in best validation accuracy each searched setting explains "
                  "(Optuna's default evaluator, over COMPLETE trials). Few trials give rough estimates."),

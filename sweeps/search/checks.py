@@ -10,7 +10,7 @@ from pathlib import Path
 from kdcore import ConfigError
 from sweeps.search import overrides
 from sweeps.search.plan import SweepPlan
-from sweeps.search.samplers import check_names
+from sweeps.search.samplers import check_names, check_objective
 from sweeps.search.space import SearchSpace
 from sweeps.tracking.consistency import linked_runs
 from sweeps.tracking.storage import check_storage_url, default_storage_url, open_storage
@@ -20,12 +20,13 @@ MAX_SEED = 2**32 - 1  # numpy's (hence Optuna's samplers') largest seed
 JOBS_PER_CORE = 4
 
 
-def check_sweep(plan: SweepPlan, enqueue_presets: bool) -> SearchSpace:
+def check_sweep(plan: SweepPlan, enqueue_presets: bool, pruner_given: bool = True) -> SearchSpace:
     """Everything that can be checked without writing: names, storage URL, space, flags, the store."""
     from kdcore import check_config, get_task
 
     check_study_name(plan.study)
     check_names(plan.sampler, plan.pruner)
+    check_objective(plan.sampler, plan.pruner, len(plan.objective.directions), pruner_given)
     check_storage_path(plan.storage_url)
     if plan.storage_url != default_storage_url(Path(plan.store_root)):  # the default folder is created later
         check_storage_url(plan.storage_url)
@@ -81,6 +82,10 @@ def check_resume_matches(plan: SweepPlan, space: SearchSpace) -> None:
                              *store.options(plan.storage_url, attrs["kdsweep.task"])])
         raise ConfigError(f"study '{plan.study}' was run on task '{attrs['kdsweep.task']}', not '{plan.task}': "
                           f"resume it with `{resume}`, or use another --study for task '{plan.task}'")
+    if attrs.get("kdsweep.objective", "accuracy") != plan.objective.describe():
+        raise ConfigError(f"study '{plan.study}' was run with objective {attrs.get('kdsweep.objective', 'accuracy')!r}, "
+                          f"not {plan.objective.describe()!r}: give the same --objective, --cost and limits to "
+                          "resume it, or use another --study")
     if attrs.get("kdsweep.space", space.describe()) != space.describe():
         raise ConfigError(f"study '{plan.study}' was run with another search space "
                           f"({attrs['kdsweep.space']}): use another --study to search a new space")

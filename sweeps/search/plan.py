@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sweeps.search.objectives import Objective, feasible, val_acc
 from sweeps.search.samplers import make_pruner, make_sampler
 from sweeps.search.space import SearchSpace
 
@@ -50,6 +51,7 @@ class SweepPlan:
     grid_points: int = 4
     repeats: int = DEFAULT_REPEATS
     invocation: str = ""  # this run's id, in the leases of the trials it runs (set by run_sweep)
+    objective: Objective = Objective()
 
     @property
     def deadline(self) -> float:
@@ -63,7 +65,17 @@ class SweepPlan:
         return make_sampler(self.sampler, self.search_space(), self.seed + worker, self.grid_points)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
-        return make_pruner(self.pruner, self.min_epochs, self.search_space().max_epochs())
+        # Optuna prunes single-objective studies only: a two-objective trial runs to early stopping.
+        pruner = "none" if len(self.objective.directions) > 1 else self.pruner
+        return make_pruner(pruner, self.min_epochs, self.search_space().max_epochs())
+
+    def best_trial(self, trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
+        """The COMPLETE trial within every limit with the highest validation accuracy: what the KD
+        verdict judges, under either objective."""
+        from optuna.trial import TrialState
+
+        complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values and feasible(t)]
+        return max(complete, key=val_acc) if complete else None
 
     def reserve_s(self, trials: list[optuna.trial.FrozenTrial]) -> float:
         """Time kept at the end for the paired repeats of the KD verdict and closing the runs."""
@@ -77,14 +89,10 @@ class SweepPlan:
         trial is timed: a quarter of the budget."""
         if self.repeats == 0:
             return 0.0
-        from optuna.trial import TrialState
-
-        complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None
-                    and "train_time_s" in t.user_attrs]
+        chosen = self.best_trial([t for t in trials if "train_time_s" in t.user_attrs])
         timed = [t.user_attrs for t in trials if "epoch_time_s" in t.user_attrs]
         twin_share = 1.0
-        if complete:
-            chosen = max(complete, key=lambda t: t.value)
+        if chosen is not None:
             best = chosen.user_attrs
             train_s, overhead_s = best["train_time_s"], max(0.0, best.get("wall_time_s", 0.0) - best["train_time_s"])
             twin_share = _twin_share(self.search_space(), chosen)

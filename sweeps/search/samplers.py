@@ -22,6 +22,16 @@ def check_names(sampler: str, pruner: str) -> None:
         raise ConfigError(f"unknown pruner '{pruner}' (choose from {', '.join(PRUNERS)})")
 
 
+def check_objective(sampler: str, pruner: str, objectives: int, pruner_given: bool) -> None:
+    """A multi-objective search: Optuna cannot prune it, and CMA-ES cannot run it."""
+    if objectives > 1 and sampler == "cmaes":
+        raise ConfigError("sampler 'cmaes' cannot search two objectives: with --objective pareto use tpe "
+                          "(default), random, grid or qmc")
+    if objectives > 1 and pruner != "none" and pruner_given:
+        raise ConfigError(f"pruner '{pruner}' cannot judge a two-objective trial (Optuna prunes single-objective "
+                          "studies only): with --objective pareto trials stop by early stopping; use --pruner none")
+
+
 def make_sampler(name: str, space: SearchSpace, seed: int | None, grid_points: int = 4) -> optuna.samplers.BaseSampler:
     import optuna
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from kdcore.errors import KDSweepError
 from sweeps.search import overrides
 from sweeps.search.leases import close_orphan_runs, reap_stale_trials
+from sweeps.search.objectives import val_acc
 from sweeps.search.plan import DEFAULT_REPEATS, SweepPlan
 from sweeps.search.space import SearchSpace
 from sweeps.search.worker import process_main, work
@@ -114,8 +115,11 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
     experiment_id = store.experiment(client, plan.study)
     parent = _open_parent_run(client, experiment_id, plan, space, prepared)
     study = optuna.create_study(study_name=plan.study, storage=open_storage(plan.storage_url),
-                                direction="maximize", load_if_exists=True)
+                                directions=plan.objective.directions, load_if_exists=True)
     study.set_user_attr("kdsweep.space", space.describe())
+    study.set_user_attr("kdsweep.objective", plan.objective.describe())
+    if plan.objective.cost_column:
+        study.set_user_attr("kdsweep.cost", plan.objective.cost_column)
     study.set_user_attr("kdsweep.task", plan.task)
     invocation = int(study.user_attrs.get("kdsweep.invocations", 0)) + 1
     study.set_user_attr("kdsweep.invocations", invocation)
@@ -216,7 +220,9 @@ def _start_workers(plan: SweepPlan, halt: threading.Event) -> list:
         return [thread]
     context = multiprocessing.get_context("spawn")
     shared = context.Event()
-    threads = max(1, (os.cpu_count() or 1) // plan.jobs)
+    # The cores this process may use (taskset, a container's CPU set), not the machine's.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // plan.jobs)
     processes = [context.Process(target=process_main, args=(plan, i, shared, threads, os.getpid()), daemon=False)
                  for i in range(plan.jobs)]
     for process in processes:
@@ -336,7 +342,7 @@ def _tag_pareto(study: optuna.Study, client: MlflowClient, plan: SweepPlan) -> N
 
 def _log_best(parent: RunLogger, study: optuna.Study, number: int) -> None:
     trial = study.trials[number]
-    parent.log_metrics({"best_val_acc": trial.value, "best_test_acc": trial.user_attrs.get("test_acc", 0.0)},
+    parent.log_metrics({"best_val_acc": val_acc(trial), "best_test_acc": trial.user_attrs.get("test_acc", 0.0)},
                        tags={"best_trial": str(number), "best_params": json.dumps(trial.params),
                              "best_run_id": trial.user_attrs.get("mlflow_run_id", "")})
 
@@ -348,22 +354,15 @@ def _counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
     return {s.name: sum(t.state == s for t in trials) for s in states}
 
 
-def _best(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
-    from optuna.trial import TrialState
-
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    return max(complete, key=lambda t: t.value) if complete else None
-
-
 def _snapshot(study: optuna.Study, plan: SweepPlan, phase: str, note: str = "") -> Snapshot:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    best = _best(trials)
+    best = plan.best_trial(trials)
     return Snapshot(
         phase, time.time() - plan.started_at, plan.budget_s, _counts(trials),
         [(t.number, int(t.user_attrs.get("epoch", 0))) for t in trials if t.state == TrialState.RUNNING],
-        (best.number, best.value, best.params) if best else None, note)
+        (best.number, val_acc(best), best.params) if best else None, note)
 
 
 def _verdict(study: optuna.Study, plan: SweepPlan, space: SearchSpace, prepared: Prepared, client: MlflowClient,
@@ -373,7 +372,7 @@ def _verdict(study: optuna.Study, plan: SweepPlan, space: SearchSpace, prepared:
 
     if plan.repeats == 0:
         return {}
-    best = _best(study.get_trials(deepcopy=False))
+    best = plan.best_trial(study.get_trials(deepcopy=False))
     teacher = prepared.teacher.test_acc
     if interrupted.is_set():
         verdict = incomplete_verdict("interrupted (Ctrl-C) before the paired repeats", teacher_test_acc=teacher,

@@ -14,6 +14,7 @@ from kdcore import EpochResult, StopTraining
 from kdcore._files import load_safe, save_atomic
 from sweeps._pause import pause_at
 from sweeps.tracking.logged_run import Prepared, run_params, train_logged
+from sweeps.search.costs import architecture_costs, int8_costs
 from sweeps.search.leases import (ERROR_ATTR, RESUME_ATTR, RUN_ATTR, Lease, checkpoint_path, drop_checkpoints, enqueue_resume,
                                   resume_chain)
 from sweeps.search.overrides import OVERRIDES_ATTR, PRESET_ATTR, trial_config
@@ -113,6 +114,9 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, plan: SweepPlan, prepar
     overrides = trial.user_attrs.get(OVERRIDES_ATTR) or {}
     space.suggest(trial, skip=overrides)
     config = trial_config(space, trial)
+    costs = architecture_costs(study, prepared, config)  # before training: a limit may rule it out
+    for key, value in costs.items():
+        trial.set_user_attr(key, value)
     resume, resumed_from = _resume_state(study, trial, plan)
     logger = RunLogger.start(
         client, plan.experiment_id, f"trial-{trial.number:04d}",
@@ -121,13 +125,22 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, plan: SweepPlan, prepar
               "state": "RUNNING", **({"kdsweep.resumed_from_trial": str(resumed_from)} if resumed_from is not None else {}),
               **{k: trial.user_attrs[k] for k in (PRESET_ATTR,) if k in trial.user_attrs}})
     trial.set_user_attr(RUN_ATTR, logger.run_id)
+    logger.log_metrics(costs)
+    for name, value in plan.objective.constraints(costs).items():  # the architecture's limits, known now
+        trial.set_constraint(name, value)
+    broken = plan.objective.broken(costs)
+    if broken:
+        _reject(study, trial, logger, broken)
+        return
     own_checkpoint = checkpoint_path(plan.store_root, plan.study, trial.number)
+    prunable = len(plan.objective.directions) == 1  # Optuna prunes single-objective studies only
 
     def report(epoch: EpochResult) -> None:
-        trial.report(epoch.val_acc, epoch.epoch)
         trial.set_user_attr("epoch", epoch.epoch)
-        if trial.should_prune():
-            raise StopTraining("pruned")
+        if prunable:
+            trial.report(epoch.val_acc, epoch.epoch)
+            if trial.should_prune():
+                raise StopTraining("pruned")
 
     run = train_logged(
         prepared, config, logger, on_epoch=report, resume=resume, interrupt=interrupt,
@@ -136,15 +149,26 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, plan: SweepPlan, prepar
 
     result = run.result
     state = _STATE_BY_STOP.get(result.stop_reason, "COMPLETE")
-    if result.stop_reason == "interrupted":
-        logger.log_metrics({}, tags={"state": "INTERRUPTED"})
-    else:
-        logger.log_metrics({}, tags={"state": state})
+    teacher_val = prepared.teacher.val_acc
+    outcome = {"best_val_acc": result.best_val_acc, "train_time_s": result.train_time_s, **costs,
+               "val_retention": result.best_val_acc / teacher_val if teacher_val else 0.0}
+    int8_tags: dict[str, str] = {}
+    if result.stop_reason != "interrupted":  # an interrupted trial is re-run: its re-run measures it
+        int8, int8_tags = int8_costs(prepared, config, result)
+        outcome.update(int8)
+    for name, value in plan.objective.constraints(outcome).items():
+        if name not in trial.constraints:  # set once: the limits known only after training
+            trial.set_constraint(name, value)
+    feasible = all(v <= 0 for v in trial.constraints.values())
+    logger.log_metrics({k: v for k, v in outcome.items() if k not in costs},
+                       tags={"state": "INTERRUPTED" if result.stop_reason == "interrupted" else state,
+                             "feasible": str(feasible).lower(), **int8_tags})
     epoch_times = [h.epoch_time_s for h in result.history]
     for key, value in {
+        **outcome,
+        **int8_tags,
         "stop_reason": result.stop_reason,
         "test_acc": result.test_acc,
-        "best_val_acc": result.best_val_acc,
         "retention": run.metrics["retention"],
         "student_params": result.student_params,
         "student_size_bytes": result.student_size_bytes,
@@ -168,7 +192,21 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, plan: SweepPlan, prepar
     if state == "PRUNED":
         study.tell(trial, state=TrialState.PRUNED)
     else:
-        study.tell(trial, result.best_val_acc)
+        study.tell(trial, plan.objective.values(outcome))
+
+
+def _reject(study: optuna.Study, trial: optuna.Trial, logger: RunLogger, broken: list[str]) -> None:
+    """A configuration whose architecture breaks a limit: PRUNED at 0 epochs, nothing trained. Its
+    constraints stay with the trial, so a sampler that reads them learns to avoid the region."""
+    from optuna.trial import TrialState
+
+    why = "; ".join(broken)
+    for key, value in {"stop_reason": "infeasible", "infeasible": why, "epochs_run": 0}.items():
+        trial.set_user_attr(key, value)
+    logger.log_metrics({"epochs_run": 0}, tags={"state": "PRUNED", "stop_reason": "infeasible",
+                                                 "infeasible": why, "feasible": "false"})
+    logger.finish("FINISHED")
+    study.tell(trial, state=TrialState.PRUNED)
 
 
 def _resume_state(study: optuna.Study, trial: optuna.Trial,

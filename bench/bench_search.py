@@ -1,0 +1,171 @@
+"""Search efficiency: kdsweep's default search against plain random search, and a pareto search
+against an accuracy one, on MNIST-1D under the same wall-clock budget (docs/benchmarks.md).
+
+Arms (each ``kdsweep run --repeats 0`` on the same task, space and trainer, from a store whose
+teacher and teacher-output cache are ready, so the whole budget goes to trials):
+
+- ``tpe``: the default, TPE sampler + median pruner, ``--objective accuracy``;
+- ``random``: Optuna's RandomSampler, no pruning;
+- ``pareto``: ``--objective pareto --cost params`` (TPE, no pruning: Optuna cannot prune it).
+
+The arms of one comparison run at the same time, each pinned to its own core (``taskset``) with one
+torch thread, so machine noise hits both alike; every seed is a new pair of studies.
+
+Figures per seed:
+
+- **trial-seconds to the random arm's best**: the summed wall time of the trials each arm ran,
+  in the order they finished, until its first trial reached the random arm's final best
+  validation accuracy (``inf`` when it never did). The goal for ``tpe`` is at most a third of
+  ``random``'s;
+- **hypervolume** of the front of (validation accuracy, parameters), against the reference point
+  (accuracy 0, the largest student's parameters), parameters on a log scale, normalised to [0, 1].
+
+    python bench/bench_search.py [--budget 10m] [--seeds 0 1 2] [--compare tpe:random pareto:tpe]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TASK = "mnist1d"
+ARMS = {
+    "tpe": ["--sampler", "tpe", "--pruner", "median"],
+    "random": ["--sampler", "random", "--pruner", "none"],
+    "pareto": ["--objective", "pareto", "--cost", "params", "--sampler", "tpe"],
+}
+
+
+def prepare_template(root: Path) -> Path:
+    """A store with the task's teacher trained and its outputs cached."""
+    template = root / "template"
+    subprocess.run([sys.executable, "-m", "cli.main", "teacher", "--task", TASK, "--store", str(template)],
+                   cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    return template
+
+
+def run_pair(arms: tuple[str, str], seed: int, budget: str, template: Path, root: Path) -> dict[str, Path]:
+    """Both arms at once, each on its own core; returns each arm's store."""
+    stores, processes = {}, []
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for core, arm in enumerate(arms):
+        store = root / f"{arm}-vs-{arms[1 - core]}-seed{seed}"
+        shutil.copytree(template, store)
+        stores[arm] = store
+        pin = ["taskset", "-c", str(core % (os.cpu_count() or 1))] if shutil.which("taskset") else []
+        command = [*pin, sys.executable, "-m", "cli.main", "run", "--task", TASK, "--study", arm, "--seed",
+                   str(seed), "--budget", budget, "--repeats", "0", "--store", str(store), *ARMS[arm]]
+        log = open(store / "run.log", "w")
+        processes.append((subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    for process, log in processes:
+        process.wait()
+        log.close()
+        if process.returncode not in (0, 1):
+            raise SystemExit(f"kdsweep run exited {process.returncode}: see {log.name}")
+    return stores
+
+
+def finished_trials(store: Path, study: str):
+    """The study's trials with a duration, in the order they finished."""
+    import pandas as pd
+
+    from sweeps import trials
+
+    frame = trials(study, store=store)
+    frame = frame[frame["duration_s"].notna()].copy()
+    frame["finished"] = frame["started"] + pd.to_timedelta(frame["duration_s"], unit="s")
+    return frame.sort_values("finished", kind="stable")
+
+
+def best_val(frame) -> float:
+    complete = frame[(frame["state"] == "COMPLETE") & frame["feasible"]]
+    return float(complete["best_val_acc"].max()) if len(complete) else float("nan")
+
+
+def seconds_to_reach(frame, target: float) -> float:
+    spent = 0.0
+    for _, row in frame.iterrows():
+        spent += float(row["duration_s"])
+        if row["state"] == "COMPLETE" and row["best_val_acc"] >= target:
+            return spent
+    return math.inf
+
+
+def hypervolume(frame, largest_params: float) -> float:
+    """Area dominated by the (max accuracy, min log-params) front, normalised to [0, 1]."""
+    complete = frame[(frame["state"] == "COMPLETE") & frame["feasible"]].dropna(subset=["student_params"])
+    if complete.empty:
+        return 0.0
+    top = math.log10(largest_params)
+    points = sorted((math.log10(p) / top, a) for p, a in zip(complete["student_params"], complete["best_val_acc"]))
+    area, best_acc = 0.0, 0.0
+    edges = [x for x, _ in points] + [1.0]
+    for (x, acc), right in zip(points, edges[1:]):
+        best_acc = max(best_acc, acc)
+        area += (right - x) * best_acc
+    return area
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget", default="10m")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--compare", nargs="+", default=["tpe:random", "pareto:tpe"],
+                        help="pairs of arms run side by side (default: tpe:random pareto:tpe)")
+    parser.add_argument("--keep", help="keep the stores in this folder")
+    args = parser.parse_args()
+    pairs = [tuple(p.split(":")) for p in args.compare]
+    for pair in pairs:
+        if len(pair) != 2 or not set(pair) <= set(ARMS):
+            parser.error(f"--compare {':'.join(pair)}: give two of {', '.join(ARMS)} as A:B")
+
+    sys.path.insert(0, str(REPO))
+    import kdcore
+
+    largest = kdcore.count_parameters(kdcore.get_task(TASK).build_student(1.0))[0]
+    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="kdsweep-bench-search-"))
+    root.mkdir(parents=True, exist_ok=True)
+    template = prepare_template(root)
+    started = time.monotonic()
+    print(f"budget {args.budget} per arm, seeds {args.seeds}, {os.cpu_count()} cores; arms side by side, one core each\n")
+    for pair in pairs:
+        rows = []
+        for seed in args.seeds:
+            stores = run_pair(pair, seed, args.budget, template, root)
+            frames = {arm: finished_trials(stores[arm], arm) for arm in pair}
+            target = best_val(frames[pair[1]])
+            rows.append({arm: {"trials": len(frames[arm]), "best": best_val(frames[arm]),
+                               "to_target": seconds_to_reach(frames[arm], target),
+                               "hv": hypervolume(frames[arm], largest)} for arm in pair} | {"target": target})
+            a, b = pair
+            print(f"{a} vs {b}, seed {seed}: target {target:.4f} ({b}'s best); trial-s to reach it "
+                  f"{rows[-1][a]['to_target']:.0f} vs {rows[-1][b]['to_target']:.0f}; trials {rows[-1][a]['trials']} vs "
+                  f"{rows[-1][b]['trials']}; best val {rows[-1][a]['best']:.4f} vs {rows[-1][b]['best']:.4f}; "
+                  f"hypervolume {rows[-1][a]['hv']:.4f} vs {rows[-1][b]['hv']:.4f}", flush=True)
+        a, b = pair
+        ratios = [r[a]["to_target"] / r[b]["to_target"] for r in rows if r[b]["to_target"] > 0]
+        print(f"\n| {a} vs {b} ({len(rows)} seeds) | {a} | {b} |\n|---|---|---|")
+        for key, label in (("trials", "trials"), ("best", "best validation accuracy"),
+                           ("to_target", f"trial-seconds to {b}'s final best"), ("hv", "hypervolume (val acc, log params)")):
+            cells = [", ".join(f"{r[arm][key]:.4g}" for r in rows) for arm in pair]
+            print(f"| {label} (per seed) | {cells[0]} | {cells[1]} |")
+        finite = [x for x in ratios if math.isfinite(x)]
+        print(f"\n{a}/{b} trial-seconds ratio per seed: {', '.join(f'{x:.2f}' for x in ratios)}"
+              + (f"; median {statistics.median(finite):.2f}" if finite else "") + "\n", flush=True)
+    print(f"total wall time {time.monotonic() - started:.0f} s; stores in {root}")
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""``kdsweep export``: a trial's student (or its INT8 copy) as a file that needs PyTorch only.
+
+The file is reloaded the way a user without kdsweep would load it (``torch.jit.load`` or
+``torch.export.load``), re-scored on the test split, and logged to the trial's MLflow run under
+``export/``, so the number printed is the file's own, not the checkpoint's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kdcore import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+FORMATS = ("torchscript", "pt2")
+_EXAMPLE_BATCH = 4  # traced/exported with a batch of 4; pt2 keeps the batch size dynamic
+
+
+@dataclass(frozen=True)
+class Exported:
+    path: Path
+    format: str
+    trial: int
+    int8: bool
+    test_acc: float  # the reloaded file's, on the test split
+    checkpoint_test_acc: float | None  # what the trial recorded for the same model (fp32 or INT8)
+    size_bytes: int
+    run_id: str | None
+
+
+def export_student(study: str, out: str | Path, *, trial: int | None = None, format: str = "pt2",
+                   int8: bool = False, log_to_mlflow: bool = True, storage: str | None = None,
+                   tracking_uri: str | None = None, store: str | Path | None = None) -> Exported:
+    """Write trial ``trial``'s student (default: the study's best by validation accuracy, within its
+    limits) to ``out``, reload it with PyTorch alone, score it on the test split, log it to the run."""
+    if format not in FORMATS:
+        raise ConfigError(f"unknown export format {format!r} (choose from {', '.join(FORMATS)})")
+    if int8 and format == "torchscript":
+        raise ConfigError("an INT8 student (torchao tensors) cannot be scripted: use --format pt2")
+    out = Path(out)
+    if out.exists() and out.is_dir():
+        raise ConfigError(f"--out {out} is a folder: give a file name, e.g. {out / f'student.{_suffix(format)}'}")
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out {out}: folder {out.parent} does not exist")
+
+    from kdcore import get_task
+    from sweeps.query.trials import Sources, best, load_student, trials
+
+    frame = trials(study, storage=storage, tracking_uri=tracking_uri, store=store)
+    row = best(frame) if trial is None else _row(frame, study, trial)
+    number = int(row["number"])
+    model = load_student(study, number, storage=storage, tracking_uri=tracking_uri, store=store)
+    task = get_task(_task_of(study, storage, tracking_uri, store))
+    test = task.splits().test
+    if int8:
+        from kdcore.cost import quantize_int8
+
+        model = quantize_int8(model).model
+    example = _example(test)
+    _write(model, example, out, format)
+    reloaded = _load(out, format)
+    test_acc = _accuracy(reloaded, test)
+    run_id = row["mlflow_run_id"] if isinstance(row["mlflow_run_id"], str) else None
+    if log_to_mlflow and run_id:
+        Sources.resolve(storage, tracking_uri, store).store.client().log_artifact(run_id, str(out), "export")
+    recorded = row["int8_test_acc"] if int8 else row["test_acc"]
+    return Exported(out, format, number, int8, test_acc, None if recorded != recorded else float(recorded),
+                    out.stat().st_size, run_id)
+
+
+def _row(frame, study: str, trial: int):
+    rows = frame[frame["number"] == trial]
+    if rows.empty:
+        raise ConfigError(f"study {study!r} has no trial {trial}")
+    return rows.iloc[0]
+
+
+def _task_of(study: str, storage, tracking_uri, store) -> str:
+    from sweeps.query.trials import Sources
+
+    return Sources.resolve(storage, tracking_uri, store).study(study).user_attrs["kdsweep.task"]
+
+
+def _example(test) -> torch.Tensor:
+    import torch
+
+    return torch.stack([test[i][0] for i in range(min(_EXAMPLE_BATCH, len(test)))])
+
+
+def _write(model: nn.Module, example: torch.Tensor, out: Path, format: str) -> None:
+    import torch
+
+    model = model.eval()
+    with torch.no_grad():
+        if format == "torchscript":
+            # Tracing, not scripting: any forward a task writes can be traced, few can be scripted.
+            traced = torch.jit.trace(model, example, check_trace=False)
+            torch.jit.save(traced, str(out))
+            return
+        batch = torch.export.Dim("batch", min=1, max=1 << 16)
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+        torch.export.save(program, str(out))
+
+
+def _load(path: Path, format: str):
+    import torch
+
+    if format == "torchscript":
+        return torch.jit.load(str(path), map_location="cpu")
+    return torch.export.load(str(path)).module()
+
+
+def _accuracy(model, dataset) -> float:
+    import torch
+    from torch.utils.data import DataLoader
+
+    correct = total = 0
+    with contextlib.suppress(NotImplementedError):  # a torch.export module has no train/eval switch
+        model.eval()
+    with torch.no_grad():
+        for x, y in DataLoader(dataset, batch_size=256):
+            correct += int((model(x).argmax(dim=-1) == y).sum())
+            total += len(y)
+    return correct / total
+
+
+def _suffix(format: str) -> str:
+    return "pt" if format == "torchscript" else "pt2"
