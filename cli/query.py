@@ -90,10 +90,14 @@ def best(
     storage: StorageOpt = None,
 ) -> None:
     """The best COMPLETE trial within the study's limits by a metric (default best_val_acc), its checkpoint, and the study's KD verdict."""
+    from kdcore import ConfigError
     from sweeps import best as find_best
     from sweeps import comparison, verdict_line
     from sweeps import trials as load_trials
+    from sweeps.search.objectives import SELECTION_METRIC
 
+    if cheapest and metric != SELECTION_METRIC:
+        raise ConfigError(f"--cheapest picks by the study's cost, --metric {metric} by another column: give one of them")
     frame = load_trials(study, storage=storage, tracking_uri=tracking_uri, store=store)
     if cheapest:
         metric = frame.attrs["minimize"][0] if len(frame.attrs["minimize"]) == 1 else "student_params"

@@ -5,10 +5,12 @@
     best("digits", where="student_params < 20000")      # the best COMPLETE trial by best_val_acc (a row)
     model = load_student("digits", best("digits")["number"])
     print(verdict_line(comparison("digits")))           # does KD pay? gain, 95% CI, paired seeds
+    export_student("digits", "student.pt2", int8=True)  # loads with torch.export.load alone
 
 Selection is on validation accuracy only; test_acc is the chosen trial's held-out estimate.
 """
 
+from sweeps.export import export_student
 from sweeps.query.summary import compare, comparison, studies, verdict_line
 from sweeps.query.trials import best, load_student, pareto, trials, update_pareto_tags, where
 from sweeps.report.html import write_report
@@ -17,6 +19,7 @@ __all__ = [
     "best",
     "compare",
     "comparison",
+    "export_student",
     "load_student",
     "pareto",
     "studies",

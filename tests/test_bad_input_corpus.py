@@ -98,6 +98,8 @@ CASES: dict[str, Case] = {
     "run-max-params-negative": Case((*RUN, "--max-params=-5"), ("--max-params -5", "positive")),
     "run-min-retention-percent": Case((*RUN, "--min-retention", "98"), ("--min-retention 98", "0.98")),
     "run-file-objective-unknown": Case(RUN_FILE, ("unknown objective 'speed'",), config="task: digits\nobjective: speed\n"),
+    "run-limit-that-no-student-meets": Case((*RUN, "--max-params", "10"),
+                                            ("no student in the search space meets the limits", "max_params")),
     "run-file-max-size-in-words": Case(RUN_FILE, ("invalid size 'huge'",), config="task: digits\nmax_size: huge\n"),
     "run-task-unknown": Case((*RUN, "--task", "bogus"), ("unknown task 'bogus'",)),
     "run-task-not-a-factory": Case((*RUN, "--task", "os:system"), ("os:system",)),
@@ -329,6 +331,8 @@ CASES: dict[str, Case] = {
     "trials-limit-zero-in-a-process": Case(trials("--limit", "0"), ("'--limit'",), store="swept", process=True),
     # ---- best ------------------------------------------------------------------------------------------
     "best-unknown-study": Case(("best", "nope", "--store", "{store}"), ("unknown study 'nope'",), store="swept"),
+    "best-cheapest-and-a-metric": Case(("best", "{study}", "--cheapest", "--metric", "test_acc", "--store", "{store}"),
+                                       ("--cheapest", "give one of them"), store="swept"),
     "export-format-unknown": Case(("export", "{study}", "--format", "onnx", "--out", "{tmp}/s.onnx", "--store", "{store}"),
                                   ("unknown export format 'onnx'", "pt2"), store="swept"),
     "export-int8-torchscript": Case(("export", "{study}", "--int8", "--format", "torchscript", "--out", "{tmp}/s.pt",

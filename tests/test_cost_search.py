@@ -5,12 +5,14 @@ the INT8 copy, and `kdsweep export` files that load with PyTorch alone."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from _sweep_helpers import (
+    Background,
     check_sweep_invariants,
     copy_store,
     load_study,
@@ -19,6 +21,7 @@ from _sweep_helpers import (
     started_trials,
     sweep_runs,
     sweep_template,  # noqa: F401  (a fixture)
+    wait_until,
     write_sweep_file,
 )
 
@@ -147,3 +150,27 @@ def test_an_exported_fp32_student_scores_as_its_trial_did(swept, tmp_path, fmt):
     assert done.trial == number and done.size_bytes > 0
     assert done.test_acc == pytest.approx(frame.set_index("number").loc[number, "test_acc"], abs=1e-9)
     _loads_with_pytorch_alone(done.path, fmt)
+
+
+def test_a_pareto_trial_whose_worker_died_before_its_tell_keeps_both_values(tmp_path, sweep_template):
+    # The reaper records a finished trial for its dead worker: in a two-objective study it must tell
+    # both values (one value would make Optuna mark it FAIL, losing a finished trial).
+    store = copy_store(sweep_template, tmp_path / "store")
+    sweep = write_sweep_file(tmp_path / "cost.yaml", SPACE)
+    marker = tmp_path / "paused"
+    args = ["run", "--task", "digits", "--config", str(sweep), "--study", "p", "--objective", "pareto",
+            "--repeats", "0", "--store", str(store)]
+    process = Background(*args, "--budget", "120s", cwd=tmp_path, name="paused",
+                         env={"KDSWEEP_TEST_PAUSE_AT": "trial.finished", "KDSWEEP_TEST_PAUSE_FILE": str(marker)})
+    try:
+        wait_until(marker.exists, timeout=90, process=process, what="the first trial's run finished, not told")
+        process.signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        process.stop()
+    [first] = [t for t in load_study(store, "p").trials if t.state.name == "RUNNING"]
+    done = run_cli(*args, "--budget", "90s", "--n-trials", "1", cwd=tmp_path)
+    assert done.returncode == 0, done.explain()
+    reaped = load_study(store, "p").trials[first.number]
+    assert reaped.state.name == "COMPLETE"
+    assert reaped.values == [reaped.user_attrs["best_val_acc"], reaped.user_attrs["student_params"]]

@@ -99,3 +99,11 @@ def test_tpe_learns_the_feasible_region_from_the_trials_constraints():
 
     assert sum(x <= 0.5 for x in later_xs(constrained=True)) >= 15
     assert sum(x <= 0.5 for x in later_xs(constrained=False)) <= 5
+
+
+def test_a_sweep_file_takes_a_size_in_bytes_or_with_a_unit():
+    from kdcore import make_config
+    from sweeps.search.sweep_file import SweepFile
+
+    for size in (50_000, "50KB"):
+        assert parse_size(make_config(SweepFile, max_size=size).max_size) == 50_000

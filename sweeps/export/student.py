@@ -61,9 +61,19 @@ def export_student(study: str, out: str | Path, *, trial: int | None = None, for
     if int8:
         from kdcore.cost import quantize_int8
 
-        model = quantize_int8(model).model
+        quantized = quantize_int8(model)
+        if not quantized.layers:
+            raise ConfigError(f"trial {number}'s student has nothing to quantize ({quantized.method}): "
+                              "export it without --int8")
+        model = quantized.model
     example = _example(test)
-    _write(model, example, out, format)
+    try:
+        _write(model, example, out, format)
+    except Exception as error:  # a forward that cannot be traced or exported: say which, and the other way
+        other = "torchscript" if format == "pt2" else "pt2"
+        out.unlink(missing_ok=True)
+        raise ConfigError(f"cannot export trial {number} as {format}: {type(error).__name__}: "
+                          f"{' '.join(str(error).split())[:300]}; try --format {other}") from None
     reloaded = _load(out, format)
     test_acc = _accuracy(reloaded, test)
     run_id = row["mlflow_run_id"] if isinstance(row["mlflow_run_id"], str) else None

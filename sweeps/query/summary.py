@@ -181,7 +181,7 @@ def _summary(study: optuna.Study, frame: pd.DataFrame, table: dict[str, Any]) ->
     summary: dict[str, Any] = {"task": study.user_attrs.get("kdsweep.task"), "trials": len(frame),
                                "complete": len(complete), "pruned": int((frame["state"] == "PRUNED").sum()),
                                "failed": int((frame["state"] == "FAIL").sum())}
-    if complete["best_val_acc"].notna().any():
+    if (complete["feasible"] & complete["best_val_acc"].notna()).any():  # best() skips trials over a limit
         row = best(frame)
         summary.update({"best_trial": int(row["number"]), "best_val_acc": row["best_val_acc"],
                         "test_acc": row["test_acc"], "retention": row["retention"],

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 from kdcore import ConfigError
 from sweeps.query import _where
 from sweeps.query._runs import ExperimentRuns, experiment_runs
-from sweeps.search.objectives import feasible
+# Selection uses validation accuracy only; test accuracy is the held-out estimate of what was chosen.
+from sweeps.search.objectives import SELECTION_METRIC, feasible
 from sweeps.tracking.storage import StoreDamagedError, default_storage_url, display_url, open_storage
 from sweeps.tracking.store import Store, check_storage_path
 
@@ -36,8 +37,6 @@ if TYPE_CHECKING:
     from torch import nn
 
 PARETO_TAG = "pareto"
-# Selection uses validation accuracy only; test accuracy is the held-out estimate of what was chosen.
-SELECTION_METRIC = "best_val_acc"
 DEFAULT_MAXIMIZE = (SELECTION_METRIC,)
 DEFAULT_MINIMIZE = ("student_params", "train_time_s")
 
@@ -158,7 +157,7 @@ def trial_frame(study: optuna.Study, runs: ExperimentRuns) -> pd.DataFrame:
     frame = frame.astype(dtypes)
     frame["started"] = pd.to_datetime(frame["started"])
     maximize, minimize = study_objectives(study)
-    frame["pareto"] = frame["number"].isin(pareto(frame[frame["feasible"]], maximize, minimize)["number"])
+    frame["pareto"] = frame["number"].isin(pareto(frame, maximize, minimize)["number"])
     frame = frame[columns].reset_index(drop=True)
     frame.attrs.update(maximize=maximize, minimize=minimize)  # the study's front, for pareto/best --cheapest
     return frame
@@ -241,16 +240,23 @@ def _is_number(column: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column.dtype)
 
 
-def pareto(df: pd.DataFrame, maximize: tuple[str, ...] | list[str] = DEFAULT_MAXIMIZE,
-           minimize: tuple[str, ...] | list[str] = DEFAULT_MINIMIZE, *,
+def pareto(df: pd.DataFrame, maximize: tuple[str, ...] | list[str] | None = None,
+           minimize: tuple[str, ...] | list[str] | None = None, *,
            states: tuple[str, ...] | None = ("COMPLETE",)) -> pd.DataFrame:
     """The rows of ``df`` no other row beats on every objective (and strictly on one); by default
-    max best_val_acc (selection on validation only), min student_params and train_time_s.
+    the study's objectives (``df.attrs``, set by ``trials``): max best_val_acc (selection on
+    validation only) against the study's --cost, or min student_params and train_time_s.
 
     Only rows in ``states`` count when ``df`` has a ``state`` column (pass ``states=None`` for
-    all rows); rows missing an objective are left out.
+    all rows), and only rows within the study's limits when it has a ``feasible`` column; rows
+    missing an objective are left out.
     """
     import numpy as np
+
+    maximize = tuple(maximize if maximize is not None else df.attrs.get("maximize", DEFAULT_MAXIMIZE))
+    minimize = tuple(minimize if minimize is not None else df.attrs.get("minimize", DEFAULT_MINIMIZE))
+    if "feasible" in df.columns:
+        df = df[df["feasible"].to_numpy(dtype=bool)]
 
     objectives = [*maximize, *minimize]
     if not objectives:
@@ -325,7 +331,7 @@ def update_pareto_tags(study: str | optuna.Study, *, client: MlflowClient | None
                        storage: str | None = None, tracking_uri: str | None = None,
                        store: str | Path | None = None) -> list[int]:
     """Tag each trial's MLflow run ``pareto=true`` if it is Pareto-optimal among the COMPLETE trials
-    (max best_val_acc, min student_params and train_time_s), ``pareto=false`` otherwise; RUNNING
+    within the study's limits (on its objectives, see ``pareto``), ``pareto=false`` otherwise; RUNNING
     trials are left alone. Writes only the tags that change. Returns the Pareto-optimal trial numbers.
 
     From a sweep: ``update_pareto_tags(study, client=client)`` with the open ``optuna.Study`` and

@@ -22,7 +22,7 @@ from sweeps.report import _plots
 from sweeps.query._format import cell
 from sweeps.query._runs import ExperimentRuns, experiment_runs
 from sweeps.query.summary import gain_interval, study_comparison, verdict_line
-from sweeps.query.trials import SELECTION_METRIC, Sources, check_runs_found, pareto, trial_frame, update_pareto_tags
+from sweeps.query.trials import SELECTION_METRIC, Sources, check_runs_found, trial_frame, update_pareto_tags
 from sweeps.tracking.store import check_folder, folder_name, make_folder
 
 if TYPE_CHECKING:
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 REPORT_ARTIFACT_DIR = "report"
+_COST_WORDS = {"student_params": "student parameters", "train_time_s": "training time",
+               "student_flops": "FLOPs", "latency_ms_b1": "latency", "int8_size_bytes": "INT8 size"}
 REPORT_FILE = "report.html"
 _TOP = 10
 
@@ -156,9 +158,11 @@ def _page(study: optuna.Study, frame: pd.DataFrame, runs: ExperimentRuns, table:
              ("MLflow experiment", f"{study.study_name} (id {runs.experiment_id})" if runs.experiment_id else "none"),
              ("generated", datetime.datetime.now().isoformat(sep=" ", timespec="seconds"))]
     params = [c for c in _plots.searched_params(study) if c in frame.columns]
-    columns = ["number", *params, "best_val_acc", "test_acc", "retention", "student_params",
-               "train_time_s", "epochs_run", "stop_reason"]
-    front = pareto(frame).sort_values("student_params")
+    costs = list(frame.attrs.get("minimize", ()))
+    columns = list(dict.fromkeys(["number", *params, "best_val_acc", "test_acc", "retention", "student_params",
+                                  *costs, "train_time_s", "epochs_run", "stop_reason"]))
+    front = frame[frame["pareto"].to_numpy()].sort_values(costs[0] if costs else "student_params")
+    against = ", ".join(_COST_WORDS.get(c, c) for c in costs)
     leaders = frame[(frame["state"] == "COMPLETE").to_numpy()].dropna(subset=[SELECTION_METRIC]).sort_values(
         SELECTION_METRIC, ascending=False, kind="stable").head(_TOP)
     parts = [f"<h1>kdsweep study <code>{_e(study.study_name)}</code></h1>", _facts(facts),
@@ -174,9 +178,9 @@ def _page(study: optuna.Study, frame: pd.DataFrame, runs: ExperimentRuns, table:
         else:
             parts.append(f'<p class="note">Not drawn: {_e(section.note)}.</p>')
     parts += [f"<h2>Pareto-optimal trials ({len(front)})</h2>",
-              "<p>COMPLETE trials no other beats on validation accuracy, student parameters and training time "
-              "at once (tagged <code>pareto=true</code> in MLflow). Test accuracy is shown as the held-out "
-              "estimate; it plays no part in the choice.</p>", _table(front, columns),
+              f"<p>COMPLETE trials within the study's limits that no other beats on validation accuracy and "
+              f"{_e(against)} at once (tagged <code>pareto=true</code> in MLflow). Test accuracy is shown as the "
+              "held-out estimate; it plays no part in the choice.</p>", _table(front, columns),
               f"<h2>Top {min(_TOP, len(leaders))} trials by validation accuracy</h2>",
               "<p>Test accuracy beside it is the held-out estimate.</p>", _table(leaders, columns)]
     return _TEMPLATE.format(title=_e(f"kdsweep report: {study.study_name}"), body="\n".join(parts))

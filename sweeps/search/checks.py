@@ -34,7 +34,9 @@ def check_sweep(plan: SweepPlan, enqueue_presets: bool, pruner_given: bool = Tru
     # The top of every range is the worst case for the checks that depend on searched values (the
     # largest data_fraction leaves the smallest transfer set; alpha 1 uses it); the task's preflight
     # builds a student at both ends of the ratio range.
-    check_config(get_task(plan.task), space.config(space.upper_ends()), ratios=space.grid(2).get("ratio", ()))
+    ratios = space.grid(2).get("ratio", ())
+    check_config(get_task(plan.task), space.config(space.upper_ends()), ratios=ratios)
+    check_limits_reachable(plan, min(ratios, default=space.config(space.upper_ends()).ratio))
     most_jobs = (os.cpu_count() or 1) * JOBS_PER_CORE
     if plan.jobs < 1 or plan.jobs > most_jobs:
         raise ConfigError(f"--jobs {plan.jobs} is not allowed: use 1 to {most_jobs} worker processes "
@@ -60,6 +62,22 @@ def check_sweep(plan: SweepPlan, enqueue_presets: bool, pruner_given: bool = Tru
     store.check_database(logged_trials=len(linked_runs(plan.storage_url, plan.study)))
     store.check_reachable()
     return space
+
+
+def check_limits_reachable(plan: SweepPlan, smallest_ratio: float) -> None:
+    """A limit on the architecture that even the smallest student breaks would reject every trial
+    before training until the budget ran out: refuse it now."""
+    if not any(name != "min_retention" for name, _ in plan.objective.limits):
+        return
+    from kdcore import get_task
+    from sweeps.search.costs import student_costs
+
+    task = get_task(plan.task)
+    costs = student_costs(task.build_student(smallest_ratio), task.splits().train[0][0])
+    broken = plan.objective.broken(costs)
+    if broken:
+        raise ConfigError(f"no student in the search space meets the limits: the smallest (ratio {smallest_ratio:g}) "
+                          f"breaks {'; '.join(broken)}; loosen the limit or lower the ratio range")
 
 
 def check_resume_matches(plan: SweepPlan, space: SearchSpace) -> None:

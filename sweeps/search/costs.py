@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import optuna
+    from torch import nn
 
     from kdcore import TrainConfig, TrainResult
     from sweeps.tracking.logged_run import Prepared
@@ -23,19 +24,26 @@ LATENCY_THREADS = 1  # latencies are single-thread CPU figures: comparable acros
 
 def architecture_costs(study: optuna.Study, prepared: Prepared, config: TrainConfig) -> dict[str, float]:
     """params, bytes, FLOPs per sample, latency at batch 1 and 256, INT8 bytes of ``config``'s student."""
-    from kdcore.cost import architecture_cost, architecture_key, quantize_int8
+    from kdcore.cost import architecture_key, quantize_int8
 
     model = prepared.task.build_student(config.ratio)
     attr = _ATTR_PREFIX + architecture_key(model)
     known = study.user_attrs.get(attr)
     if known is not None:
         return known
-    cost = architecture_cost(model, _sample(prepared), threads=LATENCY_THREADS)
-    costs = {"student_params": cost.params, "student_size_bytes": cost.size_bytes, "student_flops": cost.flops,
-             "latency_ms_b1": cost.latency_ms_b1, "latency_ms_b256": cost.latency_ms_b256,
-             "latency_threads": cost.threads, "int8_size_bytes": quantize_int8(model).size_bytes}
+    costs = {**student_costs(model, _sample(prepared)), "int8_size_bytes": quantize_int8(model).size_bytes}
     study.set_user_attr(attr, costs)
     return costs
+
+
+def student_costs(model: nn.Module, sample: Any) -> dict[str, float]:
+    """The fp32 architecture's costs under their trial column names."""
+    from kdcore.cost import architecture_cost
+
+    cost = architecture_cost(model, sample, threads=LATENCY_THREADS)
+    return {"student_params": cost.params, "student_size_bytes": cost.size_bytes, "student_flops": cost.flops,
+            "latency_ms_b1": cost.latency_ms_b1, "latency_ms_b256": cost.latency_ms_b256,
+            "latency_threads": cost.threads}
 
 
 def int8_costs(prepared: Prepared, config: TrainConfig, result: TrainResult) -> tuple[dict[str, float], dict[str, str]]:
@@ -46,7 +54,7 @@ def int8_costs(prepared: Prepared, config: TrainConfig, result: TrainResult) -> 
     model.load_state_dict(result.state_dict)
     student = quantize_int8(model)
     splits = prepared.task.splits()
-    metrics = int8_metrics(student, splits.val, splits.test, _sample(prepared))
+    metrics = int8_metrics(student, splits.val, splits.test, _sample(prepared), threads=LATENCY_THREADS)
     return metrics, {"int8_method": student.method, "int8_layers": ",".join(student.layers) or "none"}
 
 

@@ -31,6 +31,7 @@ log = logging.getLogger("kdsweep")
 LEASE_ATTR = "kdsweep.lease"
 RESUME_ATTR = "kdsweep.resume_of"
 RUN_ATTR = "mlflow_run_id"
+VALUES_ATTR = "kdsweep.values"  # what a finished trial tells Optuna, kept for the reaper
 ERROR_ATTR = "kdsweep.error"  # a failed trial's error, one line: also the tag of its run
 OWNER_TAG = "kdsweep.owner"
 HEARTBEAT_S = 5.0
@@ -136,13 +137,16 @@ def _reap(study: optuna.Study, trial: optuna.trial.FrozenTrial, client: MlflowCl
 
     run = _trial_run(study, trial, client, experiment_id)
     finished = run is not None and run.info.status == "FINISHED" and run.data.tags.get("state") in FINISHED_STATES
-    if finished and (run.data.tags["state"] == "PRUNED" or "best_val_acc" in trial.user_attrs):
+    # What the worker was about to tell Optuna (one value, or two for a pareto study); studies from
+    # before kdsweep.values was kept told best_val_acc.
+    told = trial.user_attrs.get(VALUES_ATTR, trial.user_attrs.get("best_val_acc") if len(study.directions) == 1 else None)
+    if finished and (run.data.tags["state"] == "PRUNED" or told is not None):
         if store_root is not None:  # what the worker would have done next
             drop_checkpoints(study, trial.number, store_root)
         if run.data.tags["state"] == "PRUNED":
             study.tell(trial.number, state=TrialState.PRUNED, skip_if_finished=True)
         else:
-            study.tell(trial.number, trial.user_attrs["best_val_acc"], skip_if_finished=True)
+            study.tell(trial.number, told, skip_if_finished=True)
         log.warning("trial %d finished but its worker died before recording it: recorded as %s",
                     trial.number, run.data.tags["state"])
         return

@@ -29,9 +29,6 @@ COSTS = {"params": "student_params", "flops": "student_flops", "latency": "laten
 LIMITS = {"max_params": ("student_params", 1), "max_flops": ("student_flops", 1),
           "max_latency_ms": ("latency_ms_b1", 1), "max_size": ("student_size_bytes", 1),
           "min_retention": ("val_retention", -1)}
-# Columns known from the architecture alone, before training (kdcore.cost).
-ARCHITECTURE_COLUMNS = ("student_params", "student_size_bytes", "student_flops", "latency_ms_b1",
-                        "latency_ms_b256", "int8_size_bytes")
 SELECTION_METRIC = "best_val_acc"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {None: 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}
@@ -88,7 +85,7 @@ class Objective:
 
     def describe(self) -> str:
         """Stored with the study: a resume must optimise the same thing."""
-        limits = ", ".join(f"{name} {bound:g}" for name, bound in self.limits)
+        limits = ", ".join(f"{name} {bound:.15g}" for name, bound in self.limits)
         return f"{self.kind}{f' vs {self.cost}' if self.cost else ''}{f' ({limits})' if limits else ''}"
 
     def values(self, attrs: dict[str, Any]) -> float | list[float]:
@@ -114,11 +111,11 @@ class Objective:
         for name, excess in self.constraints(attrs).items():
             if excess > 0:
                 column, sign = LIMITS[name]
-                found.append(f"{name} ({column} {attrs[column]:g} {'>' if sign > 0 else '<'} {dict(self.limits)[name]:g})")
+                found.append(f"{name} ({column} {attrs[column]:g} {'>' if sign > 0 else '<'} {dict(self.limits)[name]:.15g})")
         return found
 
 
-def feasible(trial: optuna.trial.FrozenTrial) -> bool:
+def feasible(trial: optuna.trial.FrozenTrial | optuna.Trial) -> bool:
     """True unless the trial broke a limit (trials of studies without limits always pass)."""
     return all(v <= 0 for v in trial.constraints.values())
 

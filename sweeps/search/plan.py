@@ -65,9 +65,7 @@ class SweepPlan:
         return make_sampler(self.sampler, self.search_space(), self.seed + worker, self.grid_points)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
-        # Optuna prunes single-objective studies only: a two-objective trial runs to early stopping.
-        pruner = "none" if len(self.objective.directions) > 1 else self.pruner
-        return make_pruner(pruner, self.min_epochs, self.search_space().max_epochs())
+        return make_pruner(self.pruner, self.min_epochs, self.search_space().max_epochs())
 
     def best_trial(self, trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
         """The COMPLETE trial within every limit with the highest validation accuracy: what the KD

@@ -323,10 +323,13 @@ def _nothing_completed(study: optuna.Study, plan: SweepPlan) -> str | None:
                 "KD verdict's repeats; give a longer --budget")
     reasons = [t.user_attrs.get("stop_reason") for t in mine]
     parts = [f"{reasons.count('deadline')} cut by the budget's end", f"{reasons.count('pruned')} pruned",
-             f"{sum(t.state == TrialState.FAIL for t in mine)} failed"]
+             f"{sum(t.state == TrialState.FAIL for t in mine)} failed",
+             *([f"{reasons.count('infeasible')} over a limit"] if "infeasible" in reasons else [])]
     errors = [t.user_attrs[ERROR_ATTR] for t in mine if ERROR_ATTR in t.user_attrs]
     last_error = f" (last error: {errors[-1]})" if errors else ""
-    hint = "fix the error and run again" if errors else "give a longer --budget"
+    hint = ("fix the error and run again" if errors else
+            "loosen the limits (--max-params ...) or narrow the search space" if reasons.count("infeasible") == len(mine)
+            else "give a longer --budget")
     return f"no trial completed in this run: {', '.join(parts)}{last_error}; {hint}"
 
 
@@ -378,8 +381,12 @@ def _verdict(study: optuna.Study, plan: SweepPlan, space: SearchSpace, prepared:
         verdict = incomplete_verdict("interrupted (Ctrl-C) before the paired repeats", teacher_test_acc=teacher,
                                      trial=best.number if best else None)
     elif best is None:
-        verdict = incomplete_verdict("no trial completed, so there is no configuration to compare: "
-                                     "give a longer --budget", teacher_test_acc=teacher, trial=None)
+        within = plan.objective.limits and any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
+        verdict = incomplete_verdict(
+            "no COMPLETE trial is within the study's limits, so there is no configuration to compare: loosen "
+            "--min-retention or the other limits" if within else
+            "no trial completed, so there is no configuration to compare: give a longer --budget",
+            teacher_test_acc=teacher, trial=None)
     else:
         def progress(repeat: int, arm: str) -> None:
             what = "the distilled student" if arm == "kd" else "its no-KD twin"

@@ -21,7 +21,7 @@ Example (``configs/mnist1d-quick.yaml``)::
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,7 +50,7 @@ class SweepFile(BaseModel):
     max_params: Optional[int] = Field(None, description="Limit: student parameters.")
     max_flops: Optional[int] = Field(None, description="Limit: forward FLOPs per sample.")
     max_latency_ms: Optional[float] = Field(None, description="Limit: CPU latency at batch 1, one thread (ms).")
-    max_size: Optional[str] = Field(None, description="Limit: fp32 weights' size (50KB, 1MB, bytes).")
+    max_size: Optional[Union[int, str]] = Field(None, description="Limit: fp32 weights' size (50KB, 1MB, bytes).")
     min_retention: Optional[float] = Field(None, description="Limit: best validation accuracy / the teacher's.")
     space: Optional[dict[str, Any]] = Field(None, description="Searched fields: range, choices or fixed value.")
     train: dict[str, Any] = Field(default_factory=dict, description="Fixed trainer settings of every trial.")

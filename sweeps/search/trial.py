@@ -15,8 +15,9 @@ from kdcore._files import load_safe, save_atomic
 from sweeps._pause import pause_at
 from sweeps.tracking.logged_run import Prepared, run_params, train_logged
 from sweeps.search.costs import architecture_costs, int8_costs
-from sweeps.search.leases import (ERROR_ATTR, RESUME_ATTR, RUN_ATTR, Lease, checkpoint_path, drop_checkpoints, enqueue_resume,
-                                  resume_chain)
+from sweeps.search.leases import (ERROR_ATTR, RESUME_ATTR, RUN_ATTR, VALUES_ATTR, Lease, checkpoint_path,
+                                  drop_checkpoints, enqueue_resume, resume_chain)
+from sweeps.search.objectives import feasible
 from sweeps.search.overrides import OVERRIDES_ATTR, PRESET_ATTR, trial_config
 from sweeps.tracking.run_logger import RunLogger
 
@@ -153,16 +154,17 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, plan: SweepPlan, prepar
     outcome = {"best_val_acc": result.best_val_acc, "train_time_s": result.train_time_s, **costs,
                "val_retention": result.best_val_acc / teacher_val if teacher_val else 0.0}
     int8_tags: dict[str, str] = {}
-    if result.stop_reason != "interrupted":  # an interrupted trial is re-run: its re-run measures it
+    # An interrupted trial is re-run (which measures it); a deadline cut leaves no time to spare.
+    if result.stop_reason not in ("interrupted", "deadline"):
         int8, int8_tags = int8_costs(prepared, config, result)
         outcome.update(int8)
     for name, value in plan.objective.constraints(outcome).items():
         if name not in trial.constraints:  # set once: the limits known only after training
             trial.set_constraint(name, value)
-    feasible = all(v <= 0 for v in trial.constraints.values())
+    within = feasible(trial)
     logger.log_metrics({k: v for k, v in outcome.items() if k not in costs},
                        tags={"state": "INTERRUPTED" if result.stop_reason == "interrupted" else state,
-                             "feasible": str(feasible).lower(), **int8_tags})
+                             "feasible": str(within).lower(), **int8_tags})
     epoch_times = [h.epoch_time_s for h in result.history]
     for key, value in {
         **outcome,
@@ -170,13 +172,11 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, plan: SweepPlan, prepar
         "stop_reason": result.stop_reason,
         "test_acc": result.test_acc,
         "retention": run.metrics["retention"],
-        "student_params": result.student_params,
-        "student_size_bytes": result.student_size_bytes,
-        "train_time_s": result.train_time_s,
         "wall_time_s": time.time() - started,
         "epochs_run": result.epochs_run,
         "epoch_time_s": statistics.mean(epoch_times) if epoch_times else 0.0,
         "checkpoint_uri": run.checkpoint_uri,
+        **({VALUES_ATTR: plan.objective.values(outcome)} if state == "COMPLETE" else {}),
     }.items():
         trial.set_user_attr(key, value)
     logger.finish("KILLED" if result.stop_reason == "interrupted" else "FINISHED")
