@@ -154,7 +154,7 @@ def pareto(
     frame = load_trials(study, storage=storage, tracking_uri=tracking_uri, store=store)
     most = _where.split_names(maximize)
     least = _where.split_names(minimize) if minimize is not None else list(frame.attrs["minimize"])
-    frame = _where.where(frame[frame["feasible"]], where)
+    frame = _where.where(frame, where)  # front() keeps the trials within the study's limits
     optimal = front(frame, maximize=most, minimize=least)
     optimal = optimal.sort_values(least[0] if least else most[0], ascending=bool(least), kind="stable")
     _emit(_columns(optimal, columns, format, must=[*most, *least]), format,

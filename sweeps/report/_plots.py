@@ -151,8 +151,7 @@ def plot_accuracy_vs_cost(frame: pd.DataFrame, context: Context, x: str, path: P
             _plain_log_ticks(bar.ax.yaxis)
     else:
         axes.scatter(complete[x], complete["test_acc"], s=40, label="complete trial", zorder=3)
-    within = complete[complete["feasible"].to_numpy(dtype=bool)] if "feasible" in complete.columns else complete
-    front = front_line(within.dropna(subset=["best_val_acc"]), x)
+    front = front_line(complete.dropna(subset=["best_val_acc"]), x)  # pareto() skips trials over a limit
     # The front is chosen on validation and drawn at test height, so it need not rise monotonically:
     # a plain line through it, not a staircase.
     axes.plot(front[x], front["test_acc"], color=_FRONT, linewidth=1.0, alpha=0.7, zorder=2)
