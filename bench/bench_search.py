@@ -6,7 +6,9 @@ teacher and teacher-output cache are ready, so the whole budget goes to trials):
 
 - ``tpe``: the default, TPE sampler + median pruner, ``--objective accuracy``;
 - ``random``: Optuna's RandomSampler, no pruning;
-- ``pareto``: ``--objective pareto --cost params`` (TPE, no pruning: Optuna cannot prune it).
+- ``pareto``: ``--objective pareto --cost params`` (TPE, no pruning: Optuna cannot prune it);
+- ``data``: the default with ``--fidelity data:0.3``: each trial's first 3 epochs (the median
+  pruner's first look) train on 30% of the labelled data, only the trials it keeps on all of it.
 
 The arms of one comparison run at the same time, each pinned to its own core (``taskset``) with one
 torch thread, so machine noise hits both alike; every seed is a new pair of studies.
@@ -16,11 +18,12 @@ Figures per seed:
 - **trial-seconds to the random arm's best**: the summed wall time of the trials each arm ran,
   in the order they finished, until its first trial reached the random arm's final best
   validation accuracy (``inf`` when it never did). The goal for ``tpe`` is at most a third of
-  ``random``'s;
+  ``random``'s; the same to a fixed validation accuracy of 0.96;
 - **hypervolume** of the front of (validation accuracy, parameters), against the reference point
   (accuracy 0, the largest student's parameters), parameters on a log scale, normalised to [0, 1].
 
-    python bench/bench_search.py [--budget 10m] [--seeds 0 1 2] [--compare tpe:random pareto:tpe]
+    python bench/bench_search.py [--budget 10m] [--seeds 0 1 2] [--compare tpe:random pareto:tpe data:tpe]
+                                 [--task mnist1d]
 """
 
 from __future__ import annotations
@@ -37,23 +40,25 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TASK = "mnist1d"
+DEFAULT_TASK = "mnist1d"
 ARMS = {
     "tpe": ["--sampler", "tpe", "--pruner", "median"],
     "random": ["--sampler", "random", "--pruner", "none"],
     "pareto": ["--objective", "pareto", "--cost", "params", "--sampler", "tpe"],
+    "data": ["--sampler", "tpe", "--pruner", "median", "--fidelity", "data:0.3"],
 }
+THRESHOLD = 0.96  # a fixed validation accuracy every arm is also timed to
 
 
-def prepare_template(root: Path) -> Path:
+def prepare_template(root: Path, task: str) -> Path:
     """A store with the task's teacher trained and its outputs cached."""
     template = root / "template"
-    subprocess.run([sys.executable, "-m", "cli.main", "teacher", "--task", TASK, "--store", str(template)],
+    subprocess.run([sys.executable, "-m", "cli.main", "teacher", "--task", task, "--store", str(template)],
                    cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     return template
 
 
-def run_pair(arms: tuple[str, str], seed: int, budget: str, template: Path, root: Path) -> dict[str, Path]:
+def run_pair(arms: tuple[str, str], seed: int, budget: str, template: Path, root: Path, task: str) -> dict[str, Path]:
     """Both arms at once, each on its own core; returns each arm's store."""
     stores, processes = {}, []
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -62,7 +67,7 @@ def run_pair(arms: tuple[str, str], seed: int, budget: str, template: Path, root
         shutil.copytree(template, store)
         stores[arm] = store
         pin = ["taskset", "-c", str(core % (os.cpu_count() or 1))] if shutil.which("taskset") else []
-        command = [*pin, sys.executable, "-m", "cli.main", "run", "--task", TASK, "--study", arm, "--seed",
+        command = [*pin, sys.executable, "-m", "cli.main", "run", "--task", task, "--study", arm, "--seed",
                    str(seed), "--budget", budget, "--repeats", "0", "--store", str(store), *ARMS[arm]]
         log = open(store / "run.log", "w")
         processes.append((subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log))
@@ -120,8 +125,9 @@ def main() -> int:
     parser.add_argument("--budget", default="10m")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--compare", nargs="+", default=["tpe:random", "pareto:tpe"],
-                        help="pairs of arms run side by side (default: tpe:random pareto:tpe)")
+                        help="pairs of arms run side by side (default: tpe:random pareto:tpe; also: data:tpe)")
     parser.add_argument("--keep", help="keep the stores in this folder")
+    parser.add_argument("--task", default=DEFAULT_TASK, help="a built-in task or package.module:factory (default: mnist1d)")
     args = parser.parse_args()
     pairs = [tuple(p.split(":")) for p in args.compare]
     for pair in pairs:
@@ -131,31 +137,36 @@ def main() -> int:
     sys.path.insert(0, str(REPO))
     import kdcore
 
-    largest = kdcore.count_parameters(kdcore.get_task(TASK).build_student(1.0))[0]
+    largest = kdcore.count_parameters(kdcore.get_task(args.task).build_student(1.0))[0]
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="kdsweep-bench-search-"))
     root.mkdir(parents=True, exist_ok=True)
-    template = prepare_template(root)
+    template = prepare_template(root, args.task)
     started = time.monotonic()
     print(f"budget {args.budget} per arm, seeds {args.seeds}, {os.cpu_count()} cores; arms side by side, one core each\n")
     for pair in pairs:
         rows = []
         for seed in args.seeds:
-            stores = run_pair(pair, seed, args.budget, template, root)
+            stores = run_pair(pair, seed, args.budget, template, root, args.task)
             frames = {arm: finished_trials(stores[arm], arm) for arm in pair}
             target = best_val(frames[pair[1]])
             rows.append({arm: {"trials": len(frames[arm]), "best": best_val(frames[arm]),
                                "to_target": seconds_to_reach(frames[arm], target),
+                               "to_threshold": seconds_to_reach(frames[arm], THRESHOLD),
+                               "pruned": int((frames[arm]["state"] == "PRUNED").sum()),
                                "hv": hypervolume(frames[arm], largest)} for arm in pair} | {"target": target})
             a, b = pair
             print(f"{a} vs {b}, seed {seed}: target {target:.4f} ({b}'s best); trial-s to reach it "
-                  f"{rows[-1][a]['to_target']:.0f} vs {rows[-1][b]['to_target']:.0f}; trials {rows[-1][a]['trials']} vs "
+                  f"{rows[-1][a]['to_target']:.0f} vs {rows[-1][b]['to_target']:.0f}; to {THRESHOLD} {rows[-1][a]['to_threshold']:.0f} vs "
+                  f"{rows[-1][b]['to_threshold']:.0f}; trials {rows[-1][a]['trials']} vs "
                   f"{rows[-1][b]['trials']}; best val {rows[-1][a]['best']:.4f} vs {rows[-1][b]['best']:.4f}; "
                   f"hypervolume {rows[-1][a]['hv']:.4f} vs {rows[-1][b]['hv']:.4f}", flush=True)
         a, b = pair
         ratios = [r[a]["to_target"] / r[b]["to_target"] for r in rows if r[b]["to_target"] > 0]
         print(f"\n| {a} vs {b} ({len(rows)} seeds) | {a} | {b} |\n|---|---|---|")
-        for key, label in (("trials", "trials"), ("best", "best validation accuracy"),
-                           ("to_target", f"trial-seconds to {b}'s final best"), ("hv", "hypervolume (val acc, log params)")):
+        for key, label in (("trials", "trials"), ("pruned", "of which pruned"), ("best", "best validation accuracy"),
+                           ("to_target", f"trial-seconds to {b}'s final best"),
+                           ("to_threshold", f"trial-seconds to validation accuracy {THRESHOLD}"),
+                           ("hv", "hypervolume (val acc, log params)")):
             cells = [", ".join(f"{r[arm][key]:.4g}" for r in rows) for arm in pair]
             print(f"| {label} (per seed) | {cells[0]} | {cells[1]} |")
         finite = [x for x in ratios if math.isfinite(x)]

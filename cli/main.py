@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any, Optional
 
 import typer
@@ -11,6 +12,7 @@ from cli import export as export_commands
 from cli import query as query_commands
 from cli import run as run_commands
 from cli import train as train_commands
+from cli import worker as worker_commands
 from cli import _common
 from cli._common import fail
 
@@ -105,9 +107,14 @@ def main(
 ) -> None:
     """Search knowledge-distillation settings with Optuna; compare every trial in MLflow."""
     _common.debug = debug
+    # On a tracking server MLflow prints a link for every run it closes and a progress bar for every
+    # download: hundreds of lines through kdsweep's own view. The hints print the links that matter.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 app.command(cls=OneLineCommand, rich_help_panel="Search")(run_commands.run)
+app.command(cls=OneLineCommand, rich_help_panel="Search")(worker_commands.worker)
 app.command(cls=OneLineCommand, rich_help_panel="Train")(train_commands.train)
 app.command(cls=OneLineCommand, rich_help_panel="Train")(train_commands.teacher)
 app.command(cls=OneLineCommand, rich_help_panel="Query")(query_commands.studies)

@@ -28,6 +28,7 @@ def run(
     pruner: Annotated[Optional[str], typer.Option(help="median, hyperband or none (default: median).", rich_help_panel=_SEARCH)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Sampler seed, 0 to 2**32-1 (default: 0).", rich_help_panel=_SEARCH)] = None,
     min_epochs: Annotated[Optional[int], typer.Option(help="A trial starts only if this many epochs fit in the time left; pruning starts after them (default: 3).", rich_help_panel=_SEARCH)] = None,
+    fidelity: Annotated[Optional[str], typer.Option(help="What the pruner's first look costs. epochs: every epoch on all the labelled data; data: the first --min-epochs epochs on 30% of it (data:0.2 for 20%), and only the trials the pruner keeps go on with all of it (default: epochs).", rich_help_panel=_SEARCH)] = None,
     enqueue_presets: Annotated[Optional[bool], typer.Option("--enqueue-presets", help="Try the named presets first, each with all its settings (epochs, batch, accumulation, ...); data_fraction, data_seed, transfer_ratio and device stay the study's.", rich_help_panel=_SEARCH)] = None,
     repeats: Annotated[Optional[int], typer.Option(help="KD verdict: train the best trial's config and its no-KD twin this many times each (paired seeds) for a 95% interval of the gain; 0 skips it, 1 is too few (default: 3).", rich_help_panel=_SEARCH)] = None,
     objective: Annotated[Optional[str], typer.Option(help="accuracy: maximise validation accuracy; pareto: validation accuracy against --cost, the result is the front (default: accuracy).", rich_help_panel=_OBJECTIVE)] = None,
@@ -45,9 +46,10 @@ def run(
     started = time.time()
     from kdcore import DEFAULT_TASK, get_task, make_config
     from sweeps.search.budget import parse_budget
+    from sweeps.search.fidelity import Fidelity
     from sweeps.search.objectives import LIMITS, Objective
     from sweeps.search.space import with_task_defaults
-    from sweeps.search.plan import DEFAULT_REPEATS, SweepPlan
+    from sweeps.search.plan import DEFAULT_MIN_EPOCHS, DEFAULT_REPEATS, SweepPlan
     from sweeps.search.checks import check_sweep
     from sweeps.tracking.storage import default_storage_url
     from sweeps.tracking.store import Store, folder_name
@@ -58,7 +60,7 @@ def run(
     file = make_config(SweepFile, **settings)
     options = {**file.model_dump(exclude_none=True), **given(
         task=task, budget=budget, n_trials=n_trials, study=study, jobs=jobs, sampler=sampler, pruner=pruner,
-        seed=seed, min_epochs=min_epochs, enqueue_presets=enqueue_presets, storage=storage, repeats=repeats,
+        seed=seed, min_epochs=min_epochs, fidelity=fidelity, enqueue_presets=enqueue_presets, storage=storage, repeats=repeats,
         objective=objective, cost=cost, max_params=max_params, max_flops=max_flops, max_latency_ms=max_latency_ms,
         max_size=max_size, min_retention=min_retention)}
     goal = Objective.parse(options.get("objective", "accuracy"), options.get("cost"),
@@ -77,15 +79,16 @@ def run(
         space=options.get("space"), fixed=fixed,
         sampler=options.get("sampler", "tpe"), pruner=options.get("pruner", default_pruner),
         seed=options.get("seed", 0), budget_s=parse_budget(options.get("budget", DEFAULT_BUDGET)),
-        started_at=started, min_epochs=options.get("min_epochs", 3), n_trials=options.get("n_trials"),
-        jobs=options.get("jobs", 1), repeats=options.get("repeats", DEFAULT_REPEATS), objective=goal)
+        started_at=started, min_epochs=options.get("min_epochs", DEFAULT_MIN_EPOCHS), n_trials=options.get("n_trials"),
+        jobs=options.get("jobs", 1), repeats=options.get("repeats", DEFAULT_REPEATS), objective=goal,
+        fidelity=Fidelity.parse(options.get("fidelity")))
     check_sweep(plan, bool(options.get("enqueue_presets")), pruner_given=pruner_given)
 
     from cli.sweep_view import print_summary, sweep_view
     from sweeps.search.sweep import run_sweep
 
     # A resumed study needs its own space and fixed settings: the config file carries them.
-    run_options = ["--config", str(config.resolve())] if config else []
+    run_options = [*(["--config", str(config.resolve())] if config else []), *plan.study_flags()]
     paths.create()
     try:
         with sweep_view() as view:

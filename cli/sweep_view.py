@@ -121,6 +121,17 @@ def print_summary(summary: SweepSummary, store: Store, task: str, run_options: S
         console.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
+def _ui_hint(summary: SweepSummary, store: Store) -> str:
+    """A tracking server is its own UI: its URL for the study; a local store: the command that serves it."""
+    from shlex import join
+
+    if summary.tracking_uri.startswith(("http://", "https://")):
+        page = f"/#/experiments/{summary.experiment_id}/runs?workflowType=machine_learning"
+        return f"MLflow UI:  {summary.tracking_uri.rstrip('/')}{page}"
+    return (f"MLflow UI:  {join(['kdsweep', 'ui', '--study', summary.study, *store.options()])}   "
+            f"(or: {join(['mlflow', 'ui', '--backend-store-uri', summary.tracking_uri])})")
+
+
 def hints(summary: SweepSummary, store: Store, task: str, run_options: Sequence[str] = ()) -> list[str]:
     """The follow-up commands, each with every option it needs to reach this study from any folder."""
     from shlex import join
@@ -132,8 +143,7 @@ def hints(summary: SweepSummary, store: Store, task: str, run_options: Sequence[
         f"trials:     {join(['kdsweep', 'trials', study, '--sort', '-best_val_acc', *where])}   |   "
         f"{join(['kdsweep', 'pareto', study, *where])}",
         f"report:     {join(['kdsweep', 'report', study, *where])}",
-        f"MLflow UI:  {join(['kdsweep', 'ui', '--study', study, *store.options()])}   "
-        f"(or: {join(['mlflow', 'ui', '--backend-store-uri', summary.tracking_uri])})",
+        _ui_hint(summary, store),
         f"dashboard:  {join(['optuna-dashboard', summary.storage_url])}",
     ]
 

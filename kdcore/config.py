@@ -26,6 +26,8 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(128, ge=1, description="Samples per optimizer step (before accumulation).")
     data_fraction: float = Field(1.0, gt=0, le=1, description="Fraction of the training split whose labels are used (stratified, nested).")
     transfer_ratio: float = Field(0.0, ge=0, le=16, description="Unlabelled inputs added per labelled input in each batch, seen only by the KD term (the transfer set: the task's unlabeled split plus the training inputs data_fraction leaves out); 0: none.")
+    low_fidelity_epochs: int = Field(0, ge=0, description="The first this many epochs train on low_fidelity_fraction of the labelled subset, a cheap first look for a multi-fidelity search (kdsweep run --fidelity data); 0: every epoch uses all of it.")
+    low_fidelity_fraction: float = Field(1.0, gt=0, le=1, description="Share of the labelled subset (stratified, nested) that the low-fidelity epochs train on.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     warmup_frac: float = Field(0.05, ge=0, lt=1, description="Fraction of all steps spent in linear warm-up before cosine decay.")
     grad_accum_steps: int = Field(1, ge=1, description="Batches accumulated per optimizer step.")

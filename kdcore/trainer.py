@@ -49,6 +49,8 @@ class EpochResult:
     lr: float
     epoch_time_s: float
     samples_per_s: float
+    train_fraction: float = 1.0  # share of the labelled subset this epoch trained on
+
 
     def metrics(self) -> dict[str, float]:
         """Every field but ``epoch``, ready to log with ``step=epoch``."""
@@ -133,6 +135,21 @@ def _transfer_source(task: Task, config: TrainConfig, kept: torch.Tensor, teache
     return source, logits
 
 
+@dataclass(frozen=True)
+class _Fidelity:
+    """The labelled batches of one fidelity level, and their cached teacher logits (or None)."""
+
+    fraction: float
+    source: BatchSource
+    logits: torch.Tensor | None
+
+
+def _low_fidelity(labelled, cached: torch.Tensor | None, config: TrainConfig, device: torch.device) -> _Fidelity:
+    share = fraction_indices(labels_of(labelled), config.low_fidelity_fraction, config.data_seed)
+    source = BatchSource(take(labelled, share), config.batch_size, device, config.num_workers)
+    return _Fidelity(config.low_fidelity_fraction, source, cached[share.to(cached.device)] if cached is not None else None)
+
+
 def _time_to_stop(deadline: float | None, interrupt: threading.Event | None) -> str | None:
     if interrupt is not None and interrupt.is_set():
         return "interrupted"
@@ -198,7 +215,8 @@ def train(
 
     An epoch is one pass over the labelled subset (``data_fraction`` of the training split, drawn
     with ``data_seed``). With ``transfer_ratio > 0`` each batch also carries that many unlabelled
-    inputs per labelled one, drawn from the transfer set, which only the KD term sees.
+    inputs per labelled one, drawn from the transfer set, which only the KD term sees. The first
+    ``low_fidelity_epochs`` epochs pass over ``low_fidelity_fraction`` of the labelled subset only.
     """
     if teacher is None and config.alpha > 0:
         raise ValueError("alpha > 0 needs a teacher: pass cached TeacherLogits or a teacher module")
@@ -214,9 +232,12 @@ def train(
     # transfer set; cached logits follow both.
     splits = task.splits()
     kept = fraction_indices(labels_of(splits.train), config.data_fraction, config.data_seed)
-    train_source = BatchSource(take(splits.train, kept), config.batch_size, device, config.num_workers)
-    val_source = BatchSource(splits.val, config.batch_size * 4, device, config.num_workers)
+    labelled = take(splits.train, kept)
     cached = teacher.train[kept].to(device) if isinstance(teacher, TeacherLogits) else None
+    full = _Fidelity(1.0, BatchSource(labelled, config.batch_size, device, config.num_workers), cached)
+    # Low-fidelity epochs train on a nested share of the same labelled subset, their logits with them.
+    low = _low_fidelity(labelled, cached, config, device) if config.low_fidelity_epochs else full
+    val_source = BatchSource(splits.val, config.batch_size * 4, device, config.num_workers)
     transfer, transfer_cached = _transfer_source(task, config, kept, teacher, device)
     if isinstance(teacher, nn.Module):
         teacher = teacher.to(device).eval()
@@ -230,8 +251,11 @@ def train(
     # on CPU, which matters for small students (bench/bench_trainer.py).
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
                                   fused=device.type in ("cpu", "cuda"))
-    steps_per_epoch = math.ceil(len(train_source) / config.grad_accum_steps)
-    total_steps = config.epochs * steps_per_epoch
+
+    def fidelity(epoch: int) -> _Fidelity:
+        return low if epoch <= config.low_fidelity_epochs else full
+
+    total_steps = sum(math.ceil(len(fidelity(e).source) / config.grad_accum_steps) for e in range(1, config.epochs + 1))
     better = (lambda new, old: new > old + config.min_delta) if config.monitor == "val_acc" else (
         lambda new, old: new < old - config.min_delta)
     state = {"epoch": 0, "step": 0, "best_score": None, "best_epoch": 0, "bad_epochs": 0,
@@ -246,6 +270,7 @@ def train(
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
         epoch_start = time.perf_counter()
         model.train()
+        train_source, cached = fidelity(epoch).source, fidelity(epoch).logits  # this epoch's batches
         sums = torch.zeros(3, device=device)  # total, kd, ce loss summed over samples
         seen = 0
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
@@ -302,7 +327,7 @@ def train(
         epoch_time = time.perf_counter() - epoch_start
         train_loss, kd_part, ce_part = (sums / max(seen, 1)).tolist()
         result = EpochResult(epoch, train_loss, kd_part, ce_part, val_loss, val_acc,
-                             optimizer.param_groups[0]["lr"], epoch_time, seen / epoch_time)
+                             optimizer.param_groups[0]["lr"], epoch_time, seen / epoch_time, fidelity(epoch).fraction)
         history.append(result)
         state["epoch"] = epoch
         score = val_acc if config.monitor == "val_acc" else val_loss

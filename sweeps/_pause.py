@@ -9,6 +9,8 @@ dictionary lookup. The points:
 - ``reap.enqueued``: the reaper re-enqueued a lost trial and has not yet failed it.
 - ``trial.finished``: a trial's MLflow run is closed FINISHED and its study.tell is not done yet.
 - ``journal.locked``: a process holds the journal's lock, in the middle of an append.
+- ``checkpoint.shared``: a trial uploaded an epoch checkpoint to the tracking server (its lease's
+  heartbeat goes on: the tests of ``kdsweep worker`` kill a host that looks alive until then).
 """
 
 from __future__ import annotations

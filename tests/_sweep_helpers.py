@@ -156,18 +156,19 @@ def wait_until(condition: Callable[[], Any], *, timeout: float, what: str, proce
 # Reading results back
 # --------------------------------------------------------------------------------------------
 
-def load_study(store: Path, name: str):
+def load_study(store: Path, name: str, storage: str | None = None):
+    """The study in the store's journal, or in ``storage`` (a URL) when given."""
     import optuna
 
     from sweeps.tracking.storage import open_storage
 
-    return optuna.load_study(study_name=name, storage=open_storage(str(store / "optuna.journal")))
+    return optuna.load_study(study_name=name, storage=open_storage(storage or str(store / "optuna.journal")))
 
 
-def mlflow_client(store: Path):
+def mlflow_client(store: Path, tracking_uri: str | None = None):
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+    return MlflowClient(tracking_uri=tracking_uri or f"sqlite:///{store / 'mlflow.db'}")
 
 
 def all_runs(client, experiment_name: str) -> list:
@@ -186,11 +187,11 @@ class SweepRuns:
     runs: list
 
 
-def sweep_runs(store: Path, study: str) -> SweepRuns:
+def sweep_runs(store: Path, study: str, tracking_uri: str | None = None) -> SweepRuns:
     """The study's runs: exactly one parent (kdsweep.kind=study), its children, the repeat runs.
 
     Deleted runs are left out: a parent created twice in a race is deleted, keeping the oldest."""
-    runs = [r for r in all_runs(mlflow_client(store), study) if r.info.lifecycle_stage == "active"]
+    runs = [r for r in all_runs(mlflow_client(store, tracking_uri), study) if r.info.lifecycle_stage == "active"]
     parents = [r for r in runs if r.data.tags.get("kdsweep.kind") == "study"]
     assert len(parents) == 1, f"expected one parent run, found {len(parents)}"
     parent = parents[0]
@@ -221,11 +222,13 @@ def has_checkpoint(client, run_id: str) -> bool:
     return "checkpoint/student.pt" in {f.path for f in client.list_artifacts(run_id, "checkpoint")}
 
 
-def check_sweep_invariants(store: Path, study_name: str) -> tuple[Any, SweepRuns]:
-    """The spec's invariants between a finished study and its MLflow experiment; returns both."""
-    study = load_study(store, study_name)
-    runs = sweep_runs(store, study_name)
-    client = mlflow_client(store)
+def check_sweep_invariants(store: Path, study_name: str, storage: str | None = None,
+                           tracking_uri: str | None = None) -> tuple[Any, SweepRuns]:
+    """The spec's invariants between a finished study and its MLflow experiment; returns both. The
+    study is in the store's journal, or ``storage``; the runs in its database, or ``tracking_uri``."""
+    study = load_study(store, study_name, storage)
+    runs = sweep_runs(store, study_name, tracking_uri)
+    client = mlflow_client(store, tracking_uri)
     trials = started_trials(study)
     table = describe(trials, runs)
 

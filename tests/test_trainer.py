@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import threading
 import time
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from kdcore import StopTraining, TeacherLogits, make_config, train
+from kdcore.trainer import learning_rate
 
 TIMING_FIELDS = ("epoch_time_s", "samples_per_s")
 
@@ -138,6 +140,34 @@ def test_resume_from_a_checkpoint_matches_the_uninterrupted_run(digits, teacher_
     assert (resumed.best_epoch, resumed.epochs_run, resumed.stop_reason) == (
         uninterrupted.best_epoch, uninterrupted.epochs_run, uninterrupted.stop_reason)
     assert resumed.test_acc == uninterrupted.test_acc
+
+
+def test_low_fidelity_epochs_train_on_a_nested_share_of_the_labelled_data(digits, teacher_logits):
+    from kdcore.data import fraction_indices, labels_of
+
+    config = make_config(alpha=0.7, epochs=4, data_fraction=0.5, low_fidelity_epochs=2, low_fidelity_fraction=0.25,
+                         patience=0, device="cpu")
+    result = train(digits, config, teacher=teacher_logits)
+
+    labelled = fraction_indices(labels_of(digits.splits().train), 0.5, config.data_seed)
+    share = fraction_indices(labels_of(digits.splits().train)[labelled], 0.25, config.data_seed)
+    seen = [round(h.samples_per_s * h.epoch_time_s) for h in result.history]
+    assert seen == [len(share), len(share), len(labelled), len(labelled)]
+    assert [h.train_fraction for h in result.history] == [0.25, 0.25, 1.0, 1.0]
+    # The lr schedule counts the short epochs' steps, so its cosine still ends at the last step.
+    steps = 2 * math.ceil(len(share) / config.batch_size) + 2 * math.ceil(len(labelled) / config.batch_size)
+    assert result.history[-1].lr == pytest.approx(learning_rate(steps - 1, steps, config))
+
+
+def test_resume_across_the_low_fidelity_boundary_matches_the_uninterrupted_run(digits, teacher_logits):
+    config = make_config(alpha=0.7, epochs=4, low_fidelity_epochs=2, low_fidelity_fraction=0.3, seed=2, device="cpu")
+    checkpoints = []
+    uninterrupted = train(digits, config, teacher=teacher_logits, on_checkpoint=checkpoints.append)
+
+    resumed = train(digits, config, teacher=teacher_logits, resume=checkpoints[0])  # inside the low epochs
+
+    assert _same_weights(resumed.state_dict, uninterrupted.state_dict)
+    assert _without_timings(resumed.history) == _without_timings(uninterrupted.history)
 
 
 def test_checkpoint_states_are_not_changed_by_later_epochs(digits):

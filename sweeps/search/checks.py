@@ -9,11 +9,12 @@ from pathlib import Path
 
 from kdcore import ConfigError
 from sweeps.search import overrides
+from sweeps.search.leases import lease_timeout_s
 from sweeps.search.plan import SweepPlan
 from sweeps.search.samplers import check_names, check_objective
 from sweeps.search.space import SearchSpace
 from sweeps.tracking.consistency import linked_runs
-from sweeps.tracking.storage import check_storage_url, default_storage_url, open_storage
+from sweeps.tracking.storage import check_storage_url, default_storage_url, display_url, open_storage
 from sweeps.tracking.store import Store, check_storage_path, check_study_name
 
 MAX_SEED = 2**32 - 1  # numpy's (hence Optuna's samplers') largest seed
@@ -25,6 +26,7 @@ def check_sweep(plan: SweepPlan, enqueue_presets: bool, pruner_given: bool = Tru
     from kdcore import check_config, get_task
 
     check_study_name(plan.study)
+    lease_timeout_s()  # a bad KDSWEEP_LEASE_TIMEOUT_S, before anything runs
     check_names(plan.sampler, plan.pruner)
     check_objective(plan.sampler, plan.pruner, len(plan.objective.directions), pruner_given)
     check_storage_path(plan.storage_url)
@@ -49,6 +51,7 @@ def check_sweep(plan: SweepPlan, enqueue_presets: bool, pruner_given: bool = Tru
     if plan.min_epochs < 1 or plan.min_epochs > space.max_epochs():
         raise ConfigError(f"min_epochs={plan.min_epochs} must be between 1 and the trials' epochs "
                           f"({space.max_epochs()})")
+    plan.fidelity.check(plan.pruner, plan.min_epochs, space.max_epochs(), plan.fixed)
     if plan.repeats == 1 or plan.repeats < 0:
         raise ConfigError(f"--repeats {plan.repeats} is not allowed: a confidence interval needs at least 2 "
                           "pairs; use 2 or more (default 3), or 0 to skip the KD verdict")
@@ -62,6 +65,38 @@ def check_sweep(plan: SweepPlan, enqueue_presets: bool, pruner_given: bool = Tru
     store.check_database(logged_trials=len(linked_runs(plan.storage_url, plan.study)))
     store.check_reachable()
     return space
+
+
+def check_worker(study: str, storage_url: str, store: Store, n_trials: int | None) -> None:
+    """What `kdsweep worker` checks before it writes anything: the study exists in the storage, the
+    run it joins set it up for workers, and that run's MLflow parent run is in the tracking store."""
+    import optuna
+
+    from kdcore import get_task
+    from sweeps.search.join import PLAN_ATTR
+
+    check_study_name(study)
+    lease_timeout_s()  # a bad KDSWEEP_LEASE_TIMEOUT_S, before anything runs
+    check_storage_url(storage_url)
+    if n_trials is not None and n_trials < 1:
+        raise ConfigError(f"--n-trials {n_trials} is not allowed: use 1 or more")
+    if "://" not in storage_url and not Path(storage_url).exists():
+        raise ConfigError(f"storage '{storage_url}' does not exist: give the storage the run uses")
+    names = {s.study_name for s in open_storage(storage_url).get_all_studies()}
+    if study not in names:
+        raise ConfigError(f"no study '{study}' in storage '{display_url(storage_url)}' (it has: "
+                          f"{', '.join(sorted(names)) or 'none'}): start it with `kdsweep run --study {study} ...`")
+    record = optuna.load_study(study_name=study, storage=open_storage(storage_url)).user_attrs.get(PLAN_ATTR)
+    if record is None:
+        raise ConfigError(f"study '{study}' has no kdsweep.plan: it was started by a kdsweep older than `kdsweep "
+                          "worker`; resume it once with `kdsweep run --study ...`, then start workers")
+    get_task(record["task"])  # the task's code must be importable on this host too
+    store.check_writable()
+    try:
+        store.client().get_run(record["parent_run_id"])
+    except Exception:
+        raise ConfigError(f"the study's MLflow run {record['parent_run_id']} is not in tracking store "
+                          f"{display_url(store.tracking_uri)}: give the --tracking-uri the run uses") from None
 
 
 def check_limits_reachable(plan: SweepPlan, smallest_ratio: float) -> None:
@@ -104,6 +139,10 @@ def check_resume_matches(plan: SweepPlan, space: SearchSpace) -> None:
         raise ConfigError(f"study '{plan.study}' was run with objective {attrs.get('kdsweep.objective', 'accuracy')!r}, "
                           f"not {plan.objective.describe()!r}: give the same --objective, --cost and limits to "
                           "resume it, or use another --study")
+    if attrs.get("kdsweep.fidelity", "epochs") != plan.fidelity.describe():
+        raise ConfigError(f"study '{plan.study}' was run with --fidelity {attrs.get('kdsweep.fidelity', 'epochs')}, "
+                          f"not {plan.fidelity.describe()}: its pruner compares trials that follow one schedule; "
+                          "give the same --fidelity to resume it, or use another --study")
     if attrs.get("kdsweep.space", space.describe()) != space.describe():
         raise ConfigError(f"study '{plan.study}' was run with another search space "
                           f"({attrs['kdsweep.space']}): use another --study to search a new space")

@@ -5,6 +5,13 @@ lives in trial user attrs, so it works on the journal too, and a reaped trial is
 with the same params and resumes from its last epoch checkpoint. A worker writes the lease right
 after ``study.ask()``, before anything slow; a trial still without one after a few seconds is
 reaped. docs/reliability.md lists the crash windows and what closes each.
+
+Across hosts (``kdsweep worker``): a holder's pid is checked only on its own host (``host_id``, which
+``KDSWEEP_HOST`` sets, so tests can run several "hosts" on one machine). From any other host the
+heartbeat decides: the trial is lost when its heartbeat is older than ``STALE_AFTER_S`` by this
+host's clock *and* this process has watched it stay unchanged for ``UNCHANGED_S``. The second rule
+makes a clock that runs behind harmless: a live holder's heartbeat keeps changing, whatever time it
+says.
 """
 
 from __future__ import annotations
@@ -39,7 +46,32 @@ STALE_AFTER_S = 60.0
 # The lease is the first thing a worker writes after study.ask(): a trial RUNNING this long
 # without one lost its worker in between (only clocks that disagree across hosts could fool it).
 UNLEASED_STALE_S = 5.0
+UNCHANGED_S = 3 * HEARTBEAT_S
+_watched: dict[tuple[int, float], float] = {}  # (trial id, heartbeat seen) -> when this process first saw it
 FINISHED_STATES = ("COMPLETE", "PRUNED")  # run tags of a trial that ran to its end
+
+
+def host_id() -> str:
+    """This host's identity in leases and run owners: ``KDSWEEP_HOST``, else the host name."""
+    return os.environ.get("KDSWEEP_HOST") or socket.gethostname()
+
+
+def lease_timeout_s() -> float:
+    """How old a heartbeat must be for its trial to count as lost: ``KDSWEEP_LEASE_TIMEOUT_S``
+    (seconds, at least 3 heartbeats), else ``STALE_AFTER_S``."""
+    text = os.environ.get("KDSWEEP_LEASE_TIMEOUT_S")
+    if not text:
+        return STALE_AFTER_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 3 * HEARTBEAT_S:
+        from kdcore import ConfigError
+
+        raise ConfigError(f"KDSWEEP_LEASE_TIMEOUT_S={text}: use a number of seconds >= {3 * HEARTBEAT_S:g} "
+                          f"(3 heartbeats; default {STALE_AFTER_S:g})")
+    return value
 
 
 def checkpoint_path(store_root: Path, study: str, trial_number: int) -> Path:
@@ -69,7 +101,7 @@ class Lease:
         self._thread.join()
 
     def _write(self) -> None:
-        lease = {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time(),
+        lease = {"host": host_id(), "pid": os.getpid(), "heartbeat": time.time(),
                  "invocation": self.invocation}
         self.storage.set_trial_user_attr(self.trial_id, LEASE_ATTR, lease)
 
@@ -81,14 +113,30 @@ class Lease:
                 return
 
 
-def _holder_is_gone(trial: optuna.trial.FrozenTrial, stale_after_s: float, now: float) -> bool:
+def _holder_is_gone(trial: optuna.trial.FrozenTrial, stale_after_s: float, now: float, hosts_share: bool) -> bool:
     lease = trial.user_attrs.get(LEASE_ATTR)
     if lease is None:  # killed between study.ask() and its first lease write
         started = trial.datetime_start.timestamp() if trial.datetime_start else now
-        return now - started > UNLEASED_STALE_S
-    if lease["host"] == socket.gethostname() and not _pid_alive(lease["pid"]):
-        return True
-    return now - lease["heartbeat"] > stale_after_s
+        if now - started <= UNLEASED_STALE_S:
+            return False
+        # A server storage may hold trials asked on another host, whose clock set datetime_start.
+        first_seen = _watched.setdefault((trial._trial_id, 0.0), time.monotonic())
+        return not hosts_share or time.monotonic() - first_seen >= UNLEASED_STALE_S
+    if lease["host"] == host_id():
+        return not _pid_alive(lease["pid"]) or now - lease["heartbeat"] > stale_after_s
+    if now - lease["heartbeat"] <= stale_after_s:
+        return False
+    first_seen = _watched.setdefault((trial._trial_id, lease["heartbeat"]), time.monotonic())
+    return not hosts_share or time.monotonic() - first_seen >= UNCHANGED_S
+
+
+def _served(study: optuna.Study) -> bool:
+    """Whether the study lives in a database server, which other hosts may share (a journal or
+    SQLite file belongs to this host, or to a network file system, where locks are weak anyway)."""
+    from optuna.storages import RDBStorage
+
+    storage = getattr(study._storage, "_backend", study._storage)  # unwrap Optuna's cache layer
+    return isinstance(storage, RDBStorage) and not str(storage.url).startswith("sqlite")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -106,7 +154,7 @@ def _pid_alive(pid: int) -> bool:
 
 def reap_stale_trials(study: optuna.Study, client: MlflowClient | None, *, store_root: str | Path | None = None,
                       experiment_id: str | None = None, lock: AbstractContextManager = nullcontext(),
-                      stale_after_s: float = STALE_AFTER_S, also_pids: Collection[int] = frozenset()) -> list[int]:
+                      stale_after_s: float | None = None, also_pids: Collection[int] = frozenset()) -> list[int]:
     """Finish the RUNNING trials whose lease holder is gone; returns their numbers.
 
     A trial whose MLflow run closed FINISHED (its worker died before ``study.tell``) is told its
@@ -118,12 +166,14 @@ def reap_stale_trials(study: optuna.Study, client: MlflowClient | None, *, store
     from optuna.trial import TrialState
 
     reaped = []
+    stale_after_s = lease_timeout_s() if stale_after_s is None else stale_after_s
+    hosts_share = _served(study)
     with lock:
         now = time.time()
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             lease = trial.user_attrs.get(LEASE_ATTR) or {}
-            forced = lease.get("pid") in also_pids and lease.get("host") == socket.gethostname()
-            if forced or _holder_is_gone(trial, stale_after_s, now):
+            forced = lease.get("pid") in also_pids and lease.get("host") == host_id()
+            if forced or _holder_is_gone(trial, stale_after_s, now, hosts_share):
                 _reap(study, trial, client, store_root, experiment_id)
                 reaped.append(trial.number)
     return reaped
@@ -142,7 +192,7 @@ def _reap(study: optuna.Study, trial: optuna.trial.FrozenTrial, client: MlflowCl
     told = trial.user_attrs.get(VALUES_ATTR, trial.user_attrs.get("best_val_acc") if len(study.directions) == 1 else None)
     if finished and (run.data.tags["state"] == "PRUNED" or told is not None):
         if store_root is not None:  # what the worker would have done next
-            drop_checkpoints(study, trial.number, store_root)
+            drop_checkpoints(study, trial.number, store_root, client)
         if run.data.tags["state"] == "PRUNED":
             study.tell(trial.number, state=TrialState.PRUNED, skip_if_finished=True)
         else:
@@ -184,10 +234,21 @@ def resume_chain(study: optuna.Study, number: int) -> list[int]:
     return chain
 
 
-def drop_checkpoints(study: optuna.Study, number: int, store_root: str | Path) -> None:
-    """Delete the epoch checkpoints of a finished trial and of the trials it re-ran."""
+def drop_checkpoints(study: optuna.Study, number: int, store_root: str | Path,
+                     client: MlflowClient | None = None) -> None:
+    """Delete the epoch checkpoints of a finished trial and of the trials it re-ran: the local
+    files, and the copies on a tracking server (sweeps/tracking/shared.py) when ``client`` is one."""
+    from sweeps.tracking.shared import delete_checkpoints, is_shared
+
+    trials = study.get_trials(deepcopy=False)
     for n in resume_chain(study, number):
         checkpoint_path(Path(store_root), study.study_name, n).unlink(missing_ok=True)
+        run_id = trials[n].user_attrs.get(RUN_ATTR)
+        if client is not None and run_id and is_shared(client.tracking_uri):
+            try:
+                delete_checkpoints(client, run_id)
+            except Exception as error:  # clean-up only: the trial's result is already safe
+                log.warning("could not delete the shared checkpoint of trial %d: %s", n, error)
 
 
 def _trial_run(study: optuna.Study, trial: optuna.trial.FrozenTrial, client: MlflowClient | None,
@@ -237,9 +298,9 @@ def close_orphan_runs(study: optuna.Study, client: MlflowClient, experiment_id: 
 
 def owner_tag() -> dict[str, str]:
     """The tag naming the process that writes a run, so a later invocation can close it if that died."""
-    return {OWNER_TAG: f"{socket.gethostname()}:{os.getpid()}"}
+    return {OWNER_TAG: f"{host_id()}:{os.getpid()}"}
 
 
 def _owner_is_gone(owner: str | None) -> bool:
     host, _, pid = (owner or "").rpartition(":")
-    return host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
+    return host == host_id() and pid.isdigit() and not _pid_alive(int(pid))

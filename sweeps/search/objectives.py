@@ -88,6 +88,13 @@ class Objective:
         limits = ", ".join(f"{name} {bound:.15g}" for name, bound in self.limits)
         return f"{self.kind}{f' vs {self.cost}' if self.cost else ''}{f' ({limits})' if limits else ''}"
 
+    def flags(self) -> list[str]:
+        """The ``kdsweep run`` options that give this objective: a resume must repeat them."""
+        flags = ["--objective", self.kind, "--cost", self.cost] if self.kind == "pareto" else []
+        for name, bound in self.limits:
+            flags += [f"--{name.replace('_', '-')}", f"{bound:.15g}"]
+        return flags
+
     def values(self, attrs: dict[str, Any]) -> float | list[float]:
         """What ``study.tell`` gets for a finished trial with these user attrs."""
         if self.kind == "accuracy":

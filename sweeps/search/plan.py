@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sweeps.search.fidelity import Fidelity
 from sweeps.search.objectives import Objective, feasible, val_acc
 from sweeps.search.samplers import make_pruner, make_sampler
 from sweeps.search.space import SearchSpace
@@ -14,6 +15,7 @@ from sweeps.search.space import SearchSpace
 if TYPE_CHECKING:
     import optuna
 
+DEFAULT_MIN_EPOCHS = 3  # a trial must be able to run this many epochs; pruning starts after them
 DEFAULT_REPEATS = 3  # pairs of runs (KD, no-KD) behind the KD verdict
 # Before any trial has finished, the repeats' time is unknown: keep this share of the budget.
 _FALLBACK_SHARE = 0.25
@@ -52,13 +54,20 @@ class SweepPlan:
     repeats: int = DEFAULT_REPEATS
     invocation: str = ""  # this run's id, in the leases of the trials it runs (set by run_sweep)
     objective: Objective = Objective()
+    fidelity: Fidelity = Fidelity()
+    joined: bool = False  # a `kdsweep worker` on a study another process runs (sweeps/search/join.py)
 
     @property
     def deadline(self) -> float:
         return self.started_at + self.budget_s
 
+    def study_flags(self) -> list[str]:
+        """The ``kdsweep run`` options besides the sweep file that decide what the study compares:
+        a resume hint must carry them, or the resume is refused as a different study."""
+        return [*self.objective.flags(), *self.fidelity.flags(self.min_epochs, DEFAULT_MIN_EPOCHS)]
+
     def search_space(self) -> SearchSpace:
-        return SearchSpace.parse(self.space, self.fixed)
+        return SearchSpace.parse(self.space, {**self.fixed, **self.fidelity.settings(self.min_epochs)})
 
     def sampler_for(self, worker: int) -> optuna.samplers.BaseSampler:
         # Each worker gets its own seed so parallel workers do not propose the same points.

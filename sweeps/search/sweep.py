@@ -18,7 +18,6 @@ import json
 import logging
 import multiprocessing
 import os
-import signal
 import threading
 import time
 import uuid
@@ -28,13 +27,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from kdcore.errors import KDSweepError
 from sweeps.search import overrides
+from sweeps.search.join import (PLAN_ATTR, joined_trials_running, plan_record, publish_window,
+                                 wait_for_joined_trials, window_until)
 from sweeps.search.leases import close_orphan_runs, reap_stale_trials
 from sweeps.search.objectives import val_acc
 from sweeps.search.plan import DEFAULT_REPEATS, SweepPlan
 from sweeps.search.space import SearchSpace
-from sweeps.search.worker import process_main, work
+from sweeps.search.worker import ctrl_c_sets, process_main, work
 from sweeps.tracking.logged_run import Prepared, prepare
 from sweeps.tracking.run_logger import RunLogger
+from sweeps.tracking.shared import is_shared, publish_teacher
 from sweeps.tracking.consistency import check_linked_runs, check_tracking_store
 from sweeps.tracking.locks import FileLock
 from sweeps.tracking.storage import display_url, open_storage, storage_lock
@@ -51,6 +53,7 @@ STUDY_KIND = "study"
 _POLL_S = 0.5
 _REAP_EVERY_S = 10.0
 _PARETO_EVERY_S = 5.0  # tagging reads every run: about 0.7 s at 1000 trials
+_JOINED_GRACE_S = 60.0  # a joined worker's trial past the window: its test pass, INT8 copy and uploads
 _CLOSE_S = 1.0  # the repeats stop this long before the budget's end, to log the verdict and close
 
 
@@ -118,6 +121,7 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
                                 directions=plan.objective.directions, load_if_exists=True)
     study.set_user_attr("kdsweep.space", space.describe())
     study.set_user_attr("kdsweep.objective", plan.objective.describe())
+    study.set_user_attr("kdsweep.fidelity", plan.fidelity.describe())
     if plan.objective.cost_column:
         study.set_user_attr("kdsweep.cost", plan.objective.cost_column)
     study.set_user_attr("kdsweep.task", plan.task)
@@ -125,6 +129,11 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
     study.set_user_attr("kdsweep.invocations", invocation)
     plan = replace(plan, experiment_id=experiment_id, parent_run_id=parent.run_id, invocation=uuid.uuid4().hex)
     _reap(study, client, plan)
+    # What `kdsweep worker` on another host needs: the plan, the trials window, the teacher.
+    study.set_user_attr(PLAN_ATTR, plan_record(plan))
+    publish_window(study, plan.trials_deadline(study.get_trials(deepcopy=False)), force=True)
+    if is_shared(plan.tracking_uri):
+        publish_teacher(client, parent.run_id, prepared)
     if enqueue_presets:
         overrides.enqueue_presets(study, space)
     _log_invocation(parent, plan, prepared, teacher_time, invocation, sweep_file)
@@ -133,8 +142,9 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
     halt = threading.Event()  # the workers stop: Ctrl-C, or trials failing alike (fail fast)
     workers = _start_workers(plan, halt)
     try:
-        with _ctrl_c_sets(interrupted, halt):
+        with ctrl_c_sets(interrupted, halt):
             failure = _watch(study, plan, workers, client, parent, view, interrupted, halt)
+            _close_window(study, plan, client, view)
             if failure is not None:
                 failure = f"{failure}; {_completed_note(study, plan)}"
             elif not interrupted.is_set():
@@ -201,6 +211,7 @@ def _log_invocation(parent: RunLogger, plan: SweepPlan, prepared: Prepared, teac
     parent.log_metrics({"teacher_test_acc": prepared.teacher.test_acc, "teacher_train_time_s": teacher_time,
                         "cache_build_time_s": prepared.outputs.build_time_s},
                        tags={"budget": f"{plan.budget_s:g}s", "sampler": plan.sampler, "pruner": plan.pruner,
+                             "fidelity": plan.fidelity.describe(),
                              "jobs": str(plan.jobs), "invocations": str(invocation),
                              "storage": display_url(plan.storage_url), "mlflow.note.content": _note(plan)})
     parent.client.log_dict(parent.run_id, plan.search_space().describe(), "space.json")
@@ -230,32 +241,6 @@ def _start_workers(plan: SweepPlan, halt: threading.Event) -> list:
     # Relay the first Ctrl-C or a fail-fast stop (set on the thread Event) to the worker processes.
     threading.Thread(target=lambda: (halt.wait(), shared.set()), daemon=True).start()
     return processes
-
-
-class _ctrl_c_sets:
-    """First Ctrl-C sets ``events`` (finish gracefully); the second raises KeyboardInterrupt."""
-
-    def __init__(self, *events: threading.Event) -> None:
-        self.event = events[0]
-        self.events = events
-
-    def __enter__(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            self.previous = None
-            return
-        self.previous = signal.getsignal(signal.SIGINT)
-
-        def handle(signum, frame):
-            if self.event.is_set():
-                raise KeyboardInterrupt
-            for event in self.events:
-                event.set()
-
-        signal.signal(signal.SIGINT, handle)
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
 
 
 def _watch(study: optuna.Study, plan: SweepPlan, workers: list, client: MlflowClient, parent: RunLogger,
@@ -289,10 +274,23 @@ def _watch(study: optuna.Study, plan: SweepPlan, workers: list, client: MlflowCl
             _tag_pareto(study, client, plan)
             tagged_complete, last_pareto = snapshot.counts["COMPLETE"], now
         view.update(snapshot)
+        publish_window(study, time.time() if halt.is_set() else plan.trials_deadline(study.get_trials(deepcopy=False)))
     # Worker processes that died (killed, out of memory) leave RUNNING trials behind, and so may
     # an earlier invocation that died in a short window: reap them now.
     _reap(study, client, plan, also_pids={w.pid for w in workers if isinstance(w, multiprocessing.process.BaseProcess)})
     return failure or plan.failing(study.get_trials(deepcopy=False))
+
+
+def _close_window(study: optuna.Study, plan: SweepPlan, client: MlflowClient, view: SweepView) -> None:
+    """No new trial from here; wait for the trials joined workers still run (each ends by the
+    window it started in, plus its test pass and upload), so the verdict and the summary see them."""
+    opened_until = window_until(study)
+    publish_window(study, time.time(), force=True)
+    running = joined_trials_running(study, plan.invocation)
+    if running:
+        view.update(_snapshot(study, plan, "trials", note=f"waiting for {len(running)} trial(s) of joined workers"))
+        wait_for_joined_trials(study, plan.invocation, lambda: _reap(study, client, plan),
+                               until=max(opened_until, time.time()) + _JOINED_GRACE_S)
 
 
 def _completed_note(study: optuna.Study, plan: SweepPlan) -> str:

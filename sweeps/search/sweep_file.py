@@ -43,6 +43,7 @@ class SweepFile(BaseModel):
     seed: Optional[int] = Field(None, description="Sampler seed.")
     storage: Optional[str] = Field(None, description="Optuna storage URL or journal file.")
     min_epochs: Optional[int] = Field(None, description="Epochs a trial must be able to run before it starts.")
+    fidelity: Optional[str] = Field(None, description="epochs (default), or data[:F]: the first min_epochs epochs of every trial train on a share F (0.3) of the labelled data.")
     enqueue_presets: Optional[bool] = Field(None, description="Start the study from the named presets, each with all its settings except data_fraction, data_seed, transfer_ratio and device (the study's).")
     repeats: Optional[int] = Field(None, description="Pairs (KD, no-KD) of the best configuration behind the KD verdict; 0 skips it, 1 is too few (default 3).")
     objective: Optional[str] = Field(None, description="accuracy (default) or pareto: validation accuracy against `cost`.")

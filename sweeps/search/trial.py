@@ -8,6 +8,7 @@ import sysconfig
 import threading
 import time
 import traceback
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdcore import EpochResult, StopTraining
@@ -20,6 +21,7 @@ from sweeps.search.leases import (ERROR_ATTR, RESUME_ATTR, RUN_ATTR, VALUES_ATTR
 from sweeps.search.objectives import feasible
 from sweeps.search.overrides import OVERRIDES_ATTR, PRESET_ATTR, trial_config
 from sweeps.tracking.run_logger import RunLogger
+from sweeps.tracking.shared import download_checkpoint, is_shared, upload_checkpoint
 
 if TYPE_CHECKING:
     import optuna
@@ -118,7 +120,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, plan: SweepPlan, prepar
     costs = architecture_costs(study, prepared, config)  # before training: a limit may rule it out
     for key, value in costs.items():
         trial.set_user_attr(key, value)
-    resume, resumed_from = _resume_state(study, trial, plan)
+    resume, resumed_from = _resume_state(study, trial, plan, client)
     logger = RunLogger.start(
         client, plan.experiment_id, f"trial-{trial.number:04d}",
         params=run_params(prepared, config), parent_run_id=plan.parent_run_id,
@@ -146,7 +148,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, plan: SweepPlan, prepar
     run = train_logged(
         prepared, config, logger, on_epoch=report, resume=resume, interrupt=interrupt,
         deadline=plan.trials_deadline(study.get_trials(deepcopy=False)),
-        on_checkpoint=lambda state: save_atomic(state, own_checkpoint))
+        on_checkpoint=lambda state: _save_checkpoint(state, own_checkpoint, client, logger.run_id))
 
     result = run.result
     state = _STATE_BY_STOP.get(result.stop_reason, "COMPLETE")
@@ -188,7 +190,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, plan: SweepPlan, prepar
         enqueue_resume(study, study._storage.get_trial(trial._trial_id))
         study.tell(trial, state=TrialState.FAIL)
         return
-    drop_checkpoints(study, trial.number, plan.store_root)
+    drop_checkpoints(study, trial.number, plan.store_root, client)
     if state == "PRUNED":
         study.tell(trial, state=TrialState.PRUNED)
     else:
@@ -209,15 +211,32 @@ def _reject(study: optuna.Study, trial: optuna.Trial, logger: RunLogger, broken:
     study.tell(trial, state=TrialState.PRUNED)
 
 
-def _resume_state(study: optuna.Study, trial: optuna.Trial,
-                  plan: SweepPlan) -> tuple[dict[str, Any] | None, int | None]:
+def _save_checkpoint(state: dict[str, Any], path: Path, client: MlflowClient, run_id: str) -> None:
+    """The epoch state, to the local file and, on a tracking server, to the trial's run, where a
+    worker on another host finds it if this one is lost."""
+    save_atomic(state, path)
+    if is_shared(client.tracking_uri):
+        try:
+            upload_checkpoint(client, run_id, path)
+        except Exception as error:  # the trial goes on; only a resume elsewhere would start earlier
+            log.warning("could not upload the epoch checkpoint of run %s: %s", run_id, error)
+            return
+        pause_at("checkpoint.shared")
+
+
+def _resume_state(study: optuna.Study, trial: optuna.Trial, plan: SweepPlan,
+                  client: MlflowClient) -> tuple[dict[str, Any] | None, int | None]:
     """The last epoch state of the trial this one re-runs, if it left one (or, when that re-run
-    was itself lost before loading one, the state of the trial it re-ran, and so on)."""
+    was itself lost before loading one, the state of the trial it re-ran, and so on): this
+    host's file, else the copy on the tracking server."""
     previous = trial.user_attrs.get(RESUME_ATTR)
     if previous is None:
         return None, None
-    paths = [checkpoint_path(plan.store_root, plan.study, n) for n in resume_chain(study, previous)]
+    chain = resume_chain(study, previous)
+    paths = [checkpoint_path(plan.store_root, plan.study, n) for n in chain]
     path = next((p for p in paths if p.exists()), None)
+    if path is None and is_shared(client.tracking_uri):
+        path = _shared_checkpoint(study, chain, paths, client)
     if path is None:
         return None, previous
     try:
@@ -228,3 +247,21 @@ def _resume_state(study: optuna.Study, trial: optuna.Trial,
         return None, previous
     trial.set_user_attr("resumed_from_epoch", state["epoch"])
     return state, previous
+
+
+def _shared_checkpoint(study: optuna.Study, chain: list[int], paths: list[Path], client: MlflowClient) -> Path | None:
+    """The newest checkpoint of ``chain`` on the tracking server, downloaded to its local path."""
+    trials = study.get_trials(deepcopy=False)
+    for number, path in zip(chain, paths):
+        run_id = trials[number].user_attrs.get(RUN_ATTR)
+        if not run_id:
+            continue
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            found = download_checkpoint(client, run_id, path.name, path.parent)
+        except Exception as error:
+            log.warning("could not download the shared checkpoint of trial %d: %s", number, error)
+            continue
+        if found is not None:
+            return found
+    return None

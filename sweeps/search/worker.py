@@ -13,9 +13,11 @@ import signal
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sweeps._pause import pause_at
+from sweeps.search.join import window_until, within_window
 from sweeps.search.trial import run_trial
 from sweeps.tracking.logged_run import prepare
 from sweeps.tracking.storage import open_storage
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kdsweep")
 
+REAP_EVERY_S = 10.0
 ORPHAN_POLL_S = 0.5
 ORPHAN_EXIT_S = 5.0  # a worker whose parent died exits this long after, even mid-epoch
 
@@ -41,14 +44,74 @@ def work(plan: SweepPlan, worker: int, interrupt: threading.Event) -> None:
     prepared = prepare(plan.task, store, device=plan.fixed.get("device", "auto"))  # a cache hit
     client = store.client()
     while not interrupt.is_set():
+        # A joined worker's time ends with the study's trials window too, which the run moves.
+        current = within_window(plan, study) if plan.joined else plan
         trials = study.get_trials(deepcopy=False)
-        if not (plan.trials_left(trials) and plan.has_time_for_a_trial(trials)) or _grid_done(study):
+        if not (current.trials_left(trials) and current.has_time_for_a_trial(trials)) or _grid_done(study):
             return
-        if plan.failing(trials):  # the sweep stops: sweeps/search/sweep.py says why
+        if current.failing(trials):  # the sweep stops: sweeps/search/sweep.py says why
             return
         trial = study.ask()
         pause_at("asked")
-        run_trial(study, trial, plan, prepared, client, interrupt)
+        run_trial(study, trial, current, prepared, client, interrupt)
+
+
+def run_joined(plan: SweepPlan, note: Callable[[str], None]) -> tuple[dict[str, int], bool]:
+    """``kdsweep worker``: run trials of a study another process runs, until its window or this
+    worker's budget ends; returns this worker's trials by state, and whether Ctrl-C stopped it.
+    Ctrl-C finishes the running epoch (the trial resumes elsewhere), a second one aborts at once;
+    neither leaves the trial RUNNING."""
+    import optuna
+
+    from sweeps.search.join import sampler_offset
+    from sweeps.search.leases import reap_stale_trials
+    from sweeps.tracking.shared import fetch_teacher, is_shared
+    from sweeps.tracking.storage import storage_lock
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    store = Store(root=Path(plan.store_root), tracking_uri=plan.tracking_uri)
+    client = store.client()
+    if is_shared(plan.tracking_uri):
+        fetched = fetch_teacher(client, plan.parent_run_id, store.root)
+        note(f"teacher: {'downloaded and verified ' + ' and '.join(fetched) if fetched else 'already here, verified'}")
+    _check_teacher_here(plan, store)
+    study = optuna.load_study(study_name=plan.study, storage=open_storage(plan.storage_url))
+    if window_until(study) <= time.time():
+        note(f"study '{plan.study}' takes no trials now: its run's trials ended (or it is over); workers join "
+             f"while `kdsweep run --study {plan.study}` is in its trials")
+
+    def reap() -> None:
+        reap_stale_trials(study, client, store_root=plan.store_root, experiment_id=plan.experiment_id,
+                          lock=storage_lock(plan.storage_url))
+
+    interrupt, done = threading.Event(), threading.Event()
+    trials = threading.Thread(target=lambda: (work(plan, sampler_offset(), interrupt), done.set()),
+                              name="kdsweep-worker", daemon=True)
+    try:
+        with ctrl_c_sets(interrupt):
+            trials.start()
+            while not done.wait(REAP_EVERY_S):  # a survivor finishes what a lost worker left
+                reap()
+    except KeyboardInterrupt:  # the second Ctrl-C: the trial is left to the reaper of this host
+        reap_stale_trials(study, client, store_root=plan.store_root, experiment_id=plan.experiment_id,
+                          lock=storage_lock(plan.storage_url), also_pids={os.getpid()})
+        raise
+    mine = [t for t in study.get_trials(deepcopy=False) if plan.ran(t)]
+    return {state: sum(t.state.name == state for t in mine) for state in ("COMPLETE", "PRUNED", "FAIL")}, \
+        interrupt.is_set()
+
+
+def _check_teacher_here(plan: SweepPlan, store: Store) -> None:
+    """A worker never trains a teacher: the study's must be here (downloaded, or a shared store)."""
+    from kdcore import get_task
+    from kdcore.teacher import teacher_path
+    from kdcore import KDSweepError
+
+    task = get_task(plan.task)
+    if task.pretrained_teacher() is None and not teacher_path(task, store.root).exists():
+        raise KDSweepError(f"the teacher of task '{task.name}' is not in {store.root} and the study's tracking store "
+                           f"{plan.tracking_uri} is not a server it was published to: give the --tracking-uri "
+                           "http://... of the run's MLflow server, or the run's --store folder")
 
 
 def _grid_done(study) -> bool:
@@ -87,3 +150,29 @@ def process_main(plan: SweepPlan, worker: int, interrupt, threads: int, parent: 
     threading.Thread(target=_exit_when_orphaned, args=(parent, orphaned), name="kdsweep-orphan-watch",
                      daemon=True).start()
     work(plan, worker, _Either(interrupt, orphaned))
+
+
+class ctrl_c_sets:
+    """First Ctrl-C sets ``events`` (finish gracefully); the second raises KeyboardInterrupt."""
+
+    def __init__(self, *events: threading.Event) -> None:
+        self.event = events[0]
+        self.events = events
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            self.previous = None
+            return
+        self.previous = signal.getsignal(signal.SIGINT)
+
+        def handle(signum, frame):
+            if self.event.is_set():
+                raise KeyboardInterrupt
+            for event in self.events:
+                event.set()
+
+        signal.signal(signal.SIGINT, handle)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)

@@ -63,6 +63,18 @@ def check_storage_url(url: str) -> None:
         raise ConfigError(f"storage '{url}': folder {Path(url).parent} does not exist")
 
 
+def driver_url(url: str) -> str:
+    """``postgresql://`` names SQLAlchemy's psycopg2 driver; with only psycopg 3 installed (the
+    ``postgres`` extra) the same URL goes through ``postgresql+psycopg://``."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None:
+        return "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return url
+
+
 def open_storage(url: str) -> BaseStorage:
     """The Optuna storage at ``url``; ConfigError when it cannot be reached, JournalCorruptError
     (exit code 1) when its journal file is damaged.
@@ -85,22 +97,55 @@ def open_storage(url: str) -> BaseStorage:
         if url.startswith("sqlite:///"):
             with FileLock(_sqlite_file(url)):
                 return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        # Optuna's schema creation races on a fresh database as on a fresh SQLite file.
+        with AdvisoryLock(url, AdvisoryLock.SCHEMA) if url.startswith("postgresql") else contextlib.nullcontext():
+            return optuna.storages.RDBStorage(driver_url(url), engine_kwargs={"pool_pre_ping": True})
     except Exception as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"cannot open Optuna storage '{display_url(url)}': {first_line}") from None
 
 
-def storage_lock(url: str) -> FileLock | contextlib.nullcontext:
-    """A lock all kdsweep processes on this storage share (reaping lost trials takes it): a file lock
-    next to a journal or SQLite file; nothing yet for a server database (PostgreSQL: issue 11)."""
+def storage_lock(url: str) -> FileLock | AdvisoryLock | contextlib.nullcontext:
+    """A lock all kdsweep processes on this storage share, on every host (reaping lost trials takes
+    it): a file lock next to a journal or SQLite file, a PostgreSQL advisory lock in its database."""
     from sweeps.tracking.locks import FileLock
 
     if url.startswith("sqlite:///"):
         return FileLock(_sqlite_file(url) + ".reap")
     if "://" not in url:
         return FileLock(url + ".reap")  # not the journal's own lock, which every append takes
-    return contextlib.nullcontext()
+    if url.startswith("postgresql"):
+        return AdvisoryLock(url)
+    return contextlib.nullcontext()  # MySQL: reaps are idempotent, a race at worst repeats one
+
+
+class AdvisoryLock:
+    """PostgreSQL's session advisory lock on one key, held on a connection of its own. The server
+    releases it if the holder dies, so a killed reaper never blocks the others."""
+
+    REAP = 0x6B647377  # "kdsw": reaping lost trials, for every study in the database
+    SCHEMA = 0x6B647378  # creating Optuna's tables in a fresh database
+
+    def __init__(self, url: str, key: int = REAP) -> None:
+        self.url = url
+        self.key = key
+
+    def __enter__(self) -> AdvisoryLock:
+        import sqlalchemy
+
+        self._engine = sqlalchemy.create_engine(driver_url(self.url), poolclass=sqlalchemy.pool.NullPool)
+        self._connection = self._engine.connect()
+        self._connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": self.key})
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        import sqlalchemy
+
+        try:
+            self._connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
+        finally:
+            self._connection.close()
+            self._engine.dispose()
 
 
 def _sqlite_file(url: str) -> str:

@@ -1,0 +1,181 @@
+"""One study on three "hosts" (distinct KDSWEEP_HOST and store folders) through a real PostgreSQL
+and a real `mlflow server` on it: `kdsweep run` on host a, `kdsweep worker` on hosts b and c. Host b
+is SIGKILLed in the middle of a trial; a survivor reaps that trial once its heartbeat is stale and
+resumes it from the epoch checkpoint b left on the tracking server. At the end every trial has one
+MLflow run in the same state, nothing is RUNNING, and only one teacher exists: the workers
+downloaded and verified it."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from _servers import MlflowServer, Postgres
+from _sweep_helpers import (
+    Background,
+    check_sweep_invariants,
+    copy_store,
+    load_study,
+    mlflow_client,
+    run_cli,
+    sweep_template,  # noqa: F401  (a fixture)
+    wait_until,
+    write_sweep_file,
+)
+
+from sweeps.search.leases import LEASE_ATTR, RESUME_ATTR
+from sweeps.tracking.shared import file_sha256
+
+pytest.importorskip("psycopg", reason='the PostgreSQL driver is an extra: pip install -e ".[postgres]"')
+
+STUDY = "spread"
+LEASE_TIMEOUT_S = "15"  # the default is 60 s; 15 keeps the test short
+SWEEP = {"space": {"ratio": [0.25, 0.5], "temperature": {"low": 1, "high": 8}, "alpha": {"low": 0.3, "high": 0.9},
+                   "lr": {"low": 3e-3, "high": 3e-2, "log": True}},
+         "train": {"epochs": 25, "patience": 5}}
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    postgres = Postgres().start()
+    server = None
+    try:
+        storage = postgres.create_database("optuna")
+        backend = postgres.create_database("mlflow")
+        server = MlflowServer(backend, tmp_path_factory.mktemp("artifacts")).wait_ready()
+        yield storage, server.url
+    finally:
+        if server is not None:
+            server.stop()
+        postgres.stop()
+
+
+def _host(name: str, **extra: str) -> dict[str, str]:
+    return {"KDSWEEP_HOST": name, "KDSWEEP_LEASE_TIMEOUT_S": LEASE_TIMEOUT_S, "OMP_NUM_THREADS": "1", **extra}
+
+
+@pytest.fixture(scope="module")
+def spread(servers, sweep_template, tmp_path_factory):
+    storage, tracking = servers
+    root = tmp_path_factory.mktemp("spread")
+    hosts = {name: root / name for name in "abc"}
+    copy_store(sweep_template, hosts["a"] / "store")  # host a has the teacher; b and c have nothing
+    for name in "bc":
+        (hosts[name] / "store").mkdir(parents=True)
+    sweep = write_sweep_file(root / "spread.yaml", SWEEP)
+    where = ["--storage", storage, "--tracking-uri", tracking]
+    run = Background("run", "--task", "digits", "--config", str(sweep), "--study", STUDY, "--budget", "60s",
+                     "--repeats", "2", "--store", str(hosts["a"] / "store"), *where, cwd=hosts["a"], env=_host("host-a"))
+    workers = {}
+    try:
+        wait_until(lambda: _has_plan(storage), timeout=120, what="the run set the study up", process=run)
+        marker = hosts["b"] / "paused"
+        join = ["worker", "--study", STUDY, *where]
+        workers["b"] = Background(*join, "--store", str(hosts["b"] / "store"), cwd=hosts["b"],
+                                  env=_host("host-b", KDSWEEP_TEST_PAUSE_AT="checkpoint.shared",
+                                            KDSWEEP_TEST_PAUSE_FILE=str(marker)))
+        workers["c"] = Background(*join, "--store", str(hosts["c"] / "store"), cwd=hosts["c"], env=_host("host-c"))
+        wait_until(lambda: marker.exists() and marker.read_text().strip(), timeout=120,
+                   what="host b uploaded its first epoch checkpoint", process=workers["b"])
+        lost = [t.number for t in load_study(root, STUDY, storage).trials
+                if (t.user_attrs.get(LEASE_ATTR) or {}).get("host") == "host-b" and t.state.name == "RUNNING"]
+        os.kill(int(marker.read_text().split()[0]), signal.SIGKILL)  # host b is gone, mid-trial
+        workers["b"].wait(timeout=30)
+        assert run.wait(timeout=240) == 0, run.output()
+        assert workers["c"].wait(timeout=120) == 0, workers["c"].output()
+        yield storage, tracking, hosts, lost, workers["c"].output()
+    finally:
+        for process in [run, *workers.values()]:
+            process.stop()
+
+
+def _has_plan(storage: str) -> bool:
+    from sweeps.tracking.storage import open_storage
+
+    studies = open_storage(storage).get_all_studies()
+    return any(s.study_name == STUDY and "kdsweep.plan" in s.user_attrs for s in studies)
+
+
+def test_every_trial_has_one_run_in_the_same_state_and_nothing_is_running(spread):
+    storage, tracking, hosts, _, _ = spread
+    study, runs = check_sweep_invariants(hosts["a"], STUDY, storage=storage, tracking_uri=tracking)
+    assert {(t.user_attrs.get(LEASE_ATTR) or {}).get("host") for t in study.trials} >= {"host-a", "host-b", "host-c"}
+    counts = {state: sum(t.state.name == state for t in study.trials) for state in ("COMPLETE", "PRUNED", "FAIL")}
+    assert {k: int(runs.parent.data.metrics[f"trials_{k.lower()}"]) for k in counts} == counts
+    assert runs.parent.data.tags["state"] == "FINISHED"
+    assert len(runs.repeats) == 4  # the KD verdict's two pairs ran after the workers' trials ended
+    # A tracking server is its own UI: the hint is its page of the study, not `kdsweep ui`.
+    hint = f"MLflow UI:  {tracking}/#/experiments/{runs.parent.info.experiment_id}/runs?workflowType=machine_learning"
+    assert hint in (hosts["a"] / "stdout.txt").read_text()
+
+
+def test_the_trial_lost_with_host_b_resumes_from_its_shared_checkpoint(spread):
+    storage, tracking, _, lost, _ = spread
+    assert len(lost) == 1
+    study = load_study(Path("."), STUDY, storage)
+    assert study.trials[lost[0]].user_attrs["stop_reason"] == "worker_lost"
+    resumed = [t for t in study.trials if t.user_attrs.get(RESUME_ATTR) == lost[0]]
+    assert len(resumed) == 1 and resumed[0].state.name in ("COMPLETE", "PRUNED")
+    assert resumed[0].user_attrs["resumed_from_epoch"] >= 1  # not from scratch: from b's upload
+    assert resumed[0].user_attrs[LEASE_ATTR]["host"] in ("host-a", "host-c")
+    # Every shared checkpoint is gone once its trial (or the trial that re-ran it) finished.
+    client = mlflow_client(Path("."), tracking)
+    for trial in study.trials:
+        assert not client.list_artifacts(trial.user_attrs["mlflow_run_id"], "resume"), trial.number
+
+
+def test_the_workers_downloaded_the_one_teacher_and_verified_it(spread):
+    _, tracking, hosts, _, output_c = spread
+    assert "teacher: downloaded and verified teacher and cache" in output_c
+    parent = next(r for r in mlflow_client(Path("."), tracking).search_runs(
+        [mlflow_client(Path("."), tracking).get_experiment_by_name(STUDY).experiment_id],
+        filter_string="tags.`kdsweep.kind` = 'study'"))
+    tags = parent.data.tags
+    assert parent.data.metrics["teacher_train_time_s"] == 0.0  # host a's store had it: trained by no one here
+    for name in "abc":
+        for kind in ("teacher", "cache"):
+            copy = hosts[name] / "store" / tags[f"kdsweep.{kind}_path"]
+            assert file_sha256(copy) == tags[f"kdsweep.{kind}_sha256"], (name, kind)
+
+
+def test_a_host_whose_clock_runs_behind_is_not_reaped_and_a_silent_one_is(servers):
+    """Two trials held on other hosts, both with heartbeats 10 minutes old by this clock: one host
+    keeps beating (its clock is behind), the other is silent (dead). Reaping every second for 20 s
+    takes the silent one only, and only once it was watched unchanged for UNCHANGED_S."""
+    import threading
+    import time
+
+    import optuna
+
+    from sweeps.search.leases import UNCHANGED_S, reap_stale_trials
+    from sweeps.tracking.storage import open_storage, storage_lock
+
+    storage_url, _ = servers
+    study = optuna.create_study(study_name="skew", storage=open_storage(storage_url))
+    behind, silent = study.ask(), study.ask()
+    study._storage.set_trial_user_attr(silent._trial_id, LEASE_ATTR,
+                                       {"host": "dead-host", "pid": 1, "heartbeat": time.time() - 600})
+    stop = threading.Event()
+
+    def beat() -> None:  # the live host: a new heartbeat every second, 10 minutes behind
+        while not stop.is_set():
+            study._storage.set_trial_user_attr(behind._trial_id, LEASE_ATTR,
+                                               {"host": "slow-clock", "pid": 1, "heartbeat": time.time() - 600})
+            stop.wait(1.0)
+
+    beating = threading.Thread(target=beat)
+    beating.start()
+    started, reaped_at = time.monotonic(), None
+    try:
+        while time.monotonic() - started < UNCHANGED_S + 5:
+            if reap_stale_trials(study, None, lock=storage_lock(storage_url)) and reaped_at is None:
+                reaped_at = time.monotonic() - started
+            time.sleep(1.0)
+    finally:
+        stop.set()
+        beating.join()
+    states = {t.number: t.state.name for t in study.get_trials()}
+    assert states[silent.number] == "FAIL" and UNCHANGED_S <= reaped_at <= UNCHANGED_S + 3
+    assert states[behind.number] == "RUNNING"
