@@ -46,8 +46,9 @@ _SPACE = {"temperature": (1.0, 20.0, True), "alpha": (0.0, 1.0, False), "ratio":
 _EPOCH_METRICS = ("train_loss", "kd_loss", "ce_loss", "val_loss", "val_acc", "lr", "epoch_time_s", "samples_per_s")
 
 
-def build_study(root: Path, n_trials: int, seed: int = 0) -> None:
-    """Write the Optuna journal and the MLflow runs of a ``n_trials`` study under ``root``."""
+def build_study(root: Path, n_trials: int, seed: int = 0, tracking_uri: str | None = None) -> None:
+    """Write the Optuna journal and the MLflow runs of a ``n_trials`` study under ``root`` (the runs
+    to ``tracking_uri`` instead when given: bench/bench_query_server.py)."""
     import optuna
     from mlflow.entities import Metric, Param, RunTag
     from optuna.distributions import FloatDistribution
@@ -68,7 +69,7 @@ def build_study(root: Path, n_trials: int, seed: int = 0) -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rng = random.Random(seed)
-    store = Store.resolve(root)
+    store = Store.resolve(root, tracking_uri)
     client = store.client()
     experiment = store.experiment(client, STUDY)
     space = {k: FloatDistribution(lo, hi, log=log) for k, (lo, hi, log) in _SPACE.items()}

@@ -66,7 +66,7 @@ def spread(servers, sweep_template, tmp_path_factory):
         (hosts[name] / "store").mkdir(parents=True)
     sweep = write_sweep_file(root / "spread.yaml", SWEEP)
     where = ["--storage", storage, "--tracking-uri", tracking]
-    run = Background("run", "--task", "digits", "--config", str(sweep), "--study", STUDY, "--budget", "60s",
+    run = Background("run", "--task", "digits", "--config", str(sweep), "--study", STUDY, "--budget", "80s",
                      "--repeats", "2", "--store", str(hosts["a"] / "store"), *where, cwd=hosts["a"], env=_host("host-a"))
     workers = {}
     try:

@@ -35,6 +35,7 @@ log = logging.getLogger("kdsweep")
 # real but under-trained, so it must not become "best". An interrupted trial is FAIL and is
 # re-enqueued, so the next invocation of the study finishes it from its checkpoint.
 _STATE_BY_STOP = {"pruned": "PRUNED", "deadline": "PRUNED", "interrupted": "FAIL"}
+SHARED_CHECKPOINT_EVERY_S = 10.0
 
 
 def run_trial(
@@ -148,7 +149,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, plan: SweepPlan, prepar
     run = train_logged(
         prepared, config, logger, on_epoch=report, resume=resume, interrupt=interrupt,
         deadline=plan.trials_deadline(study.get_trials(deepcopy=False)),
-        on_checkpoint=lambda state: _save_checkpoint(state, own_checkpoint, client, logger.run_id))
+        on_checkpoint=_Checkpoints(own_checkpoint, client, logger.run_id))
 
     result = run.result
     state = _STATE_BY_STOP.get(result.stop_reason, "COMPLETE")
@@ -211,16 +212,28 @@ def _reject(study: optuna.Study, trial: optuna.Trial, logger: RunLogger, broken:
     study.tell(trial, state=TrialState.PRUNED)
 
 
-def _save_checkpoint(state: dict[str, Any], path: Path, client: MlflowClient, run_id: str) -> None:
-    """The epoch state, to the local file and, on a tracking server, to the trial's run, where a
-    worker on another host finds it if this one is lost."""
-    save_atomic(state, path)
-    if is_shared(client.tracking_uri):
-        try:
-            upload_checkpoint(client, run_id, path)
-        except Exception as error:  # the trial goes on; only a resume elsewhere would start earlier
-            log.warning("could not upload the epoch checkpoint of run %s: %s", run_id, error)
+class _Checkpoints:
+    """Saves every epoch's state to this host's file and, on a tracking server, to the trial's run,
+    where a worker on another host finds it if this one is lost. Uploads are at most every
+    SHARED_CHECKPOINT_EVERY_S: each costs a request and a write on the server, more than a whole
+    epoch of a small student, so a trial lost elsewhere resumes from at most that much earlier."""
+
+    def __init__(self, path: Path, client: MlflowClient, run_id: str) -> None:
+        self.path, self.client, self.run_id = path, client, run_id
+        self.shared = is_shared(client.tracking_uri)
+        self.uploaded_at: float | None = None
+
+    def __call__(self, state: dict[str, Any]) -> None:
+        save_atomic(state, self.path)
+        now = time.monotonic()
+        if not self.shared or (self.uploaded_at is not None and now - self.uploaded_at < SHARED_CHECKPOINT_EVERY_S):
             return
+        try:
+            upload_checkpoint(self.client, self.run_id, self.path)
+        except Exception as error:  # the trial goes on; only a resume elsewhere would start earlier
+            log.warning("could not upload the epoch checkpoint of run %s: %s", self.run_id, error)
+            return
+        self.uploaded_at = now
         pause_at("checkpoint.shared")
 
 

@@ -1,0 +1,77 @@
+"""`kdsweep trials` on a study of 10,000 trials in PostgreSQL, its runs on an MLflow server
+(docs/scale-out.md), against the same study on the embedded store (journal + SQLite).
+
+It builds the study of bench/bench_query.py (trials with per-epoch metrics, states, leases, the
+verdict's repeat runs) once: the Optuna trials in a journal, then copied into a throwaway
+PostgreSQL cluster (``optuna.copy_study``); the MLflow runs written straight into the PostgreSQL
+database an ``mlflow server`` (``--serve-artifacts``) then serves, and once more into a local
+SQLite store. It times ``kdsweep trials bench`` in a fresh process on both set-ups.
+
+    python bench/bench_query_server.py [--trials 10000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=10_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    import optuna
+    from _servers import MlflowServer, Postgres
+    from bench_query import STUDY, build_study, cli, machine, timed
+
+    from sweeps.tracking.storage import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    root = Path(tempfile.mkdtemp(prefix="kdsweep-bench-query-server-"))
+    postgres = Postgres().start()
+    server = None
+    try:
+        storage, backend = postgres.create_database("optuna"), postgres.create_database("mlflow")
+        started = time.perf_counter()
+        build_study(root / "served", args.trials, tracking_uri=backend)
+        optuna.copy_study(from_study_name=STUDY, from_storage=open_storage(str(root / "served" / "optuna.journal")),
+                          to_storage=open_storage(storage))
+        print(f"built {args.trials} trials in PostgreSQL in {time.perf_counter() - started:.0f} s", flush=True)
+        started = time.perf_counter()
+        build_study(root / "embedded", args.trials)
+        print(f"built the same on the embedded store in {time.perf_counter() - started:.0f} s", flush=True)
+        server = MlflowServer(backend, root / "artifacts").wait_ready()
+        rows = [
+            ("kdsweep trials (PostgreSQL + MLflow server)",
+             timed(cli("trials", STUDY, "--storage", storage, "--tracking-uri", server.url, "--store",
+                       str(root / "served"), cwd=root), args.repeats)),
+            ("kdsweep trials (journal + SQLite)",
+             timed(cli("trials", STUDY, "--store", str(root / "embedded"), cwd=root), args.repeats)),
+        ]
+        print(f"\nmachine: {machine()}\n{args.trials} trials\n")
+        print("| what | best s | median s | target |\n|---|---|---|---|")
+        for name, times in rows:
+            median = statistics.median(times)
+            print(f"| {name} | {min(times):.2f} | {median:.2f} | < 2 s: {'met' if median < 2 else 'MISSED'} |")
+    finally:
+        if server is not None:
+            server.stop()
+        postgres.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
