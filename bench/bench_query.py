@@ -69,6 +69,7 @@ def build_study(root: Path, n_trials: int, seed: int = 0, tracking_uri: str | No
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
     store = Store.resolve(root, tracking_uri)
     client = store.client()
     experiment = store.experiment(client, STUDY)
