@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,6 @@ from _sweep_helpers import (
     copy_store,
     load_study,
     mlflow_client,
-    run_cli,
     sweep_template,  # noqa: F401  (a fixture)
     wait_until,
     write_sweep_file,
@@ -66,6 +67,8 @@ def spread(servers, sweep_template, tmp_path_factory):
         (hosts[name] / "store").mkdir(parents=True)
     sweep = write_sweep_file(root / "spread.yaml", SWEEP)
     where = ["--storage", storage, "--tracking-uri", tracking]
+    skew = _SkewExperiment(storage)  # runs beside the scenario, whose processes mostly wait
+    skew.start()
     run = Background("run", "--task", "digits", "--config", str(sweep), "--study", STUDY, "--budget", "80s",
                      "--repeats", "2", "--store", str(hosts["a"] / "store"), *where, cwd=hosts["a"], env=_host("host-a"))
     workers = {}
@@ -85,7 +88,8 @@ def spread(servers, sweep_template, tmp_path_factory):
         workers["b"].wait(timeout=30)
         assert run.wait(timeout=240) == 0, run.output()
         assert workers["c"].wait(timeout=120) == 0, workers["c"].output()
-        yield storage, tracking, hosts, lost, workers["c"].output()
+        skew.join()
+        yield storage, tracking, hosts, lost, workers["c"].output(), skew
     finally:
         for process in [run, *workers.values()]:
             process.stop()
@@ -99,7 +103,7 @@ def _has_plan(storage: str) -> bool:
 
 
 def test_every_trial_has_one_run_in_the_same_state_and_nothing_is_running(spread):
-    storage, tracking, hosts, _, _ = spread
+    storage, tracking, hosts, _, _, _ = spread
     study, runs = check_sweep_invariants(hosts["a"], STUDY, storage=storage, tracking_uri=tracking)
     assert {(t.user_attrs.get(LEASE_ATTR) or {}).get("host") for t in study.trials} >= {"host-a", "host-b", "host-c"}
     counts = {state: sum(t.state.name == state for t in study.trials) for state in ("COMPLETE", "PRUNED", "FAIL")}
@@ -112,7 +116,7 @@ def test_every_trial_has_one_run_in_the_same_state_and_nothing_is_running(spread
 
 
 def test_the_trial_lost_with_host_b_resumes_from_its_shared_checkpoint(spread):
-    storage, tracking, _, lost, _ = spread
+    storage, tracking, _, lost, _, _ = spread
     assert len(lost) == 1
     study = load_study(Path("."), STUDY, storage)
     assert study.trials[lost[0]].user_attrs["stop_reason"] == "worker_lost"
@@ -127,7 +131,7 @@ def test_the_trial_lost_with_host_b_resumes_from_its_shared_checkpoint(spread):
 
 
 def test_the_workers_downloaded_the_one_teacher_and_verified_it(spread):
-    _, tracking, hosts, _, output_c = spread
+    _, tracking, hosts, _, output_c, _ = spread
     assert "teacher: downloaded and verified teacher and cache" in output_c
     parent = next(r for r in mlflow_client(Path("."), tracking).search_runs(
         [mlflow_client(Path("."), tracking).get_experiment_by_name(STUDY).experiment_id],
@@ -140,42 +144,53 @@ def test_the_workers_downloaded_the_one_teacher_and_verified_it(spread):
             assert file_sha256(copy) == tags[f"kdsweep.{kind}_sha256"], (name, kind)
 
 
-def test_a_host_whose_clock_runs_behind_is_not_reaped_and_a_silent_one_is(servers):
+
+class _SkewExperiment(threading.Thread):
     """Two trials held on other hosts, both with heartbeats 10 minutes old by this clock: one host
-    keeps beating (its clock is behind), the other is silent (dead). Reaping every second for 20 s
-    takes the silent one only, and only once it was watched unchanged for UNCHANGED_S."""
-    import threading
-    import time
+    keeps beating (its clock is behind), the other is silent (dead). It reaps twice a second for
+    UNCHANGED_S + 10 s and records when the silent one went and what became of both."""
 
-    import optuna
+    def __init__(self, storage_url: str) -> None:
+        super().__init__(name="skew-experiment")
+        self.storage_url = storage_url
+        self.reaped_at: float | None = None
+        self.states: dict[str, str] = {}
+        self.error: BaseException | None = None
 
-    from sweeps.search.leases import UNCHANGED_S, reap_stale_trials
-    from sweeps.tracking.storage import open_storage, storage_lock
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as error:  # reported by the test, not lost in the thread
+            self.error = error
 
-    storage_url, _ = servers
-    study = optuna.create_study(study_name="skew", storage=open_storage(storage_url))
-    behind, silent = study.ask(), study.ask()
-    study._storage.set_trial_user_attr(silent._trial_id, LEASE_ATTR,
-                                       {"host": "dead-host", "pid": 1, "heartbeat": time.time() - 600})
-    stop = threading.Event()
+    def _run(self) -> None:
+        import optuna
 
-    def beat() -> None:  # the live host: a new heartbeat every second, 10 minutes behind
-        while not stop.is_set():
-            study._storage.set_trial_user_attr(behind._trial_id, LEASE_ATTR,
-                                               {"host": "slow-clock", "pid": 1, "heartbeat": time.time() - 600})
-            stop.wait(1.0)
+        from sweeps.search.leases import UNCHANGED_S, reap_stale_trials
+        from sweeps.tracking.storage import open_storage, storage_lock
 
-    beating = threading.Thread(target=beat)
-    beating.start()
-    started, reaped_at = time.monotonic(), None
-    try:
-        while time.monotonic() - started < UNCHANGED_S + 5:
-            if reap_stale_trials(study, None, lock=storage_lock(storage_url)) and reaped_at is None:
-                reaped_at = time.monotonic() - started
-            time.sleep(1.0)
-    finally:
-        stop.set()
-        beating.join()
-    states = {t.number: t.state.name for t in study.get_trials()}
-    assert states[silent.number] == "FAIL" and UNCHANGED_S <= reaped_at <= UNCHANGED_S + 3
-    assert states[behind.number] == "RUNNING"
+        study = optuna.create_study(study_name="skew", storage=open_storage(self.storage_url))
+        behind, silent = study.ask(), study.ask()
+        study._storage.set_trial_user_attr(silent._trial_id, LEASE_ATTR,
+                                           {"host": "dead-host", "pid": 1, "heartbeat": time.time() - 600})
+        started = time.monotonic()
+        last_beat = -1.0
+        while time.monotonic() - started < UNCHANGED_S + 10:
+            if time.monotonic() - last_beat >= 1.0:  # the live host: a new heartbeat every second, 10 min behind
+                study._storage.set_trial_user_attr(behind._trial_id, LEASE_ATTR,
+                                                   {"host": "slow-clock", "pid": 1, "heartbeat": time.time() - 600})
+                last_beat = time.monotonic()
+            if reap_stale_trials(study, None, lock=storage_lock(self.storage_url)) and self.reaped_at is None:
+                self.reaped_at = time.monotonic() - started
+            time.sleep(0.5)
+        states = {t.number: t.state.name for t in study.get_trials()}
+        self.states = {"behind": states[behind.number], "silent": states[silent.number]}
+
+
+def test_a_host_whose_clock_runs_behind_is_not_reaped_and_a_silent_one_is(spread):
+    from sweeps.search.leases import UNCHANGED_S
+
+    skew = spread[-1]
+    assert skew.error is None, repr(skew.error)
+    assert skew.states == {"behind": "RUNNING", "silent": "FAIL"}
+    assert skew.reaped_at is not None and UNCHANGED_S <= skew.reaped_at <= UNCHANGED_S + 8  # never early
