@@ -70,8 +70,6 @@ def check_sweep(plan: SweepPlan, enqueue_presets: bool, pruner_given: bool = Tru
 def check_worker(study: str, storage_url: str, store: Store, n_trials: int | None) -> None:
     """What `kdsweep worker` checks before it writes anything: the study exists in the storage, the
     run it joins set it up for workers, and that run's MLflow parent run is in the tracking store."""
-    import optuna
-
     from kdcore import get_task
     from sweeps.search.join import PLAN_ATTR
 
@@ -82,11 +80,11 @@ def check_worker(study: str, storage_url: str, store: Store, n_trials: int | Non
         raise ConfigError(f"--n-trials {n_trials} is not allowed: use 1 or more")
     if "://" not in storage_url and not Path(storage_url).exists():
         raise ConfigError(f"storage '{storage_url}' does not exist: give the storage the run uses")
-    names = {s.study_name for s in open_storage(storage_url).get_all_studies()}
-    if study not in names:
+    studies = {s.study_name: s for s in open_storage(storage_url).get_all_studies()}
+    if study not in studies:
         raise ConfigError(f"no study '{study}' in storage '{display_url(storage_url)}' (it has: "
-                          f"{', '.join(sorted(names)) or 'none'}): start it with `kdsweep run --study {study} ...`")
-    record = optuna.load_study(study_name=study, storage=open_storage(storage_url)).user_attrs.get(PLAN_ATTR)
+                          f"{', '.join(sorted(studies)) or 'none'}): start it with `kdsweep run --study {study} ...`")
+    record = studies[study].user_attrs.get(PLAN_ATTR)
     if record is None:
         raise ConfigError(f"study '{study}' has no kdsweep.plan: it was started by a kdsweep older than `kdsweep "
                           "worker`; resume it once with `kdsweep run --study ...`, then start workers")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from kdcore import ConfigError
 from sweeps.search.fidelity import Fidelity
-from sweeps.search.leases import LEASE_ATTR, host_id
+from sweeps.search.leases import LEASE_ATTR, REAP_EVERY_S, host_id
 from sweeps.search.objectives import Objective
 from sweeps.search.plan import SweepPlan
 
@@ -53,10 +53,13 @@ def joined_plan(study: optuna.Study, *, store_root: Path, tracking_uri: str, sto
         fidelity=Fidelity(**record["fidelity"]))
 
 
-def publish_window(study: optuna.Study, until: float, *, force: bool = False) -> None:
-    """Tell workers until when trials may run (a ``time.time()`` value)."""
-    if force or abs(window_until(study) - until) > _REPUBLISH_S:
-        study.set_user_attr(WINDOW_ATTR, until)
+def publish_window(study: optuna.Study, until: float, published: float | None = None) -> float:
+    """Tell workers until when trials may run (a ``time.time()`` value), unless ``published`` (what
+    this process wrote last) is within a few seconds of it; returns what the study now says."""
+    if published is not None and abs(published - until) <= _REPUBLISH_S:
+        return published
+    study.set_user_attr(WINDOW_ATTR, until)
+    return until
 
 
 def window_until(study: optuna.Study) -> float:
@@ -89,7 +92,7 @@ def wait_for_joined_trials(study: optuna.Study, invocation: str, reap, until: fl
     """Wait, reaping now and then, until no other invocation's trial is RUNNING, or ``until``."""
     last_reap = 0.0
     while joined_trials_running(study, invocation) and time.time() < until:
-        if time.monotonic() - last_reap > 10.0:
+        if time.monotonic() - last_reap > REAP_EVERY_S:
             reap()
             last_reap = time.monotonic()
         time.sleep(poll_s)

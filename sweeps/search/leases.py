@@ -42,6 +42,7 @@ VALUES_ATTR = "kdsweep.values"  # what a finished trial tells Optuna, kept for t
 ERROR_ATTR = "kdsweep.error"  # a failed trial's error, one line: also the tag of its run
 OWNER_TAG = "kdsweep.owner"
 HEARTBEAT_S = 5.0
+REAP_EVERY_S = 10.0  # how often each kdsweep run and kdsweep worker looks for lost trials
 STALE_AFTER_S = 60.0
 # The lease is the first thing a worker writes after study.ask(): a trial RUNNING this long
 # without one lost its worker in between (only clocks that disagree across hosts could fool it).

@@ -29,7 +29,7 @@ from kdcore.errors import KDSweepError
 from sweeps.search import overrides
 from sweeps.search.join import (PLAN_ATTR, joined_trials_running, plan_record, publish_window,
                                  wait_for_joined_trials, window_until)
-from sweeps.search.leases import close_orphan_runs, reap_stale_trials
+from sweeps.search.leases import REAP_EVERY_S, close_orphan_runs, reap_stale_trials
 from sweeps.search.objectives import val_acc
 from sweeps.search.plan import DEFAULT_REPEATS, SweepPlan
 from sweeps.search.space import SearchSpace
@@ -51,7 +51,6 @@ log = logging.getLogger("kdsweep")
 
 STUDY_KIND = "study"
 _POLL_S = 0.5
-_REAP_EVERY_S = 10.0
 _PARETO_EVERY_S = 5.0  # tagging reads every run: about 0.7 s at 1000 trials
 _JOINED_GRACE_S = 60.0  # a joined worker's trial past the window: its test pass, INT8 copy and uploads
 _CLOSE_S = 1.0  # the repeats stop this long before the budget's end, to log the verdict and close
@@ -131,7 +130,7 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
     _reap(study, client, plan)
     # What `kdsweep worker` on another host needs: the plan, the trials window, the teacher.
     study.set_user_attr(PLAN_ATTR, plan_record(plan))
-    publish_window(study, plan.trials_deadline(study.get_trials(deepcopy=False)), force=True)
+    window = publish_window(study, plan.trials_deadline(study.get_trials(deepcopy=False)))
     if is_shared(plan.tracking_uri):
         publish_teacher(client, parent.run_id, prepared)
     if enqueue_presets:
@@ -143,7 +142,7 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
     workers = _start_workers(plan, halt)
     try:
         with ctrl_c_sets(interrupted, halt):
-            failure = _watch(study, plan, workers, client, parent, view, interrupted, halt)
+            failure = _watch(study, plan, workers, client, parent, view, interrupted, halt, window)
             _close_window(study, plan, client, view)
             if failure is not None:
                 failure = f"{failure}; {_completed_note(study, plan)}"
@@ -244,8 +243,9 @@ def _start_workers(plan: SweepPlan, halt: threading.Event) -> list:
 
 
 def _watch(study: optuna.Study, plan: SweepPlan, workers: list, client: MlflowClient, parent: RunLogger,
-           view: SweepView, interrupted: threading.Event, halt: threading.Event) -> str | None:
-    """Refresh the view, reap dead workers' trials and keep the parent's best-so-far current.
+           view: SweepView, interrupted: threading.Event, halt: threading.Event, window: float) -> str | None:
+    """Refresh the view, reap dead workers' trials, keep the parent's best-so-far and the trials
+    window (``window``: as published so far) current.
 
     Returns why the sweep failed fast (SweepPlan.failing), having stopped every worker, or None.
     """
@@ -257,7 +257,7 @@ def _watch(study: optuna.Study, plan: SweepPlan, workers: list, client: MlflowCl
         for w in workers:
             w.join(timeout=_POLL_S / len(workers))
         now = time.time()
-        if now - last_reap > _REAP_EVERY_S:
+        if now - last_reap > REAP_EVERY_S:
             _reap(study, client, plan)
             last_reap = now
         if failure is None:
@@ -274,7 +274,8 @@ def _watch(study: optuna.Study, plan: SweepPlan, workers: list, client: MlflowCl
             _tag_pareto(study, client, plan)
             tagged_complete, last_pareto = snapshot.counts["COMPLETE"], now
         view.update(snapshot)
-        publish_window(study, time.time() if halt.is_set() else plan.trials_deadline(study.get_trials(deepcopy=False)))
+        window = publish_window(study, now if halt.is_set() else plan.trials_deadline(study.get_trials(deepcopy=False)),
+                                window)
     # Worker processes that died (killed, out of memory) leave RUNNING trials behind, and so may
     # an earlier invocation that died in a short window: reap them now.
     _reap(study, client, plan, also_pids={w.pid for w in workers if isinstance(w, multiprocessing.process.BaseProcess)})
@@ -285,7 +286,7 @@ def _close_window(study: optuna.Study, plan: SweepPlan, client: MlflowClient, vi
     """No new trial from here; wait for the trials joined workers still run (each ends by the
     window it started in, plus its test pass and upload), so the verdict and the summary see them."""
     opened_until = window_until(study)
-    publish_window(study, time.time(), force=True)
+    publish_window(study, time.time())
     running = joined_trials_running(study, plan.invocation)
     if running:
         view.update(_snapshot(study, plan, "trials", note=f"waiting for {len(running)} trial(s) of joined workers"))

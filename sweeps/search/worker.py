@@ -12,8 +12,8 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sweeps._pause import pause_at
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kdsweep")
 
-REAP_EVERY_S = 10.0
 ORPHAN_POLL_S = 0.5
 ORPHAN_EXIT_S = 5.0  # a worker whose parent died exits this long after, even mid-epoch
 
@@ -64,7 +63,7 @@ def run_joined(plan: SweepPlan, note: Callable[[str], None]) -> tuple[dict[str, 
     import optuna
 
     from sweeps.search.join import sampler_offset
-    from sweeps.search.leases import reap_stale_trials
+    from sweeps.search.leases import REAP_EVERY_S, reap_stale_trials
     from sweeps.tracking.shared import fetch_teacher, is_shared
     from sweeps.tracking.storage import storage_lock
 
@@ -80,9 +79,9 @@ def run_joined(plan: SweepPlan, note: Callable[[str], None]) -> tuple[dict[str, 
         note(f"study '{plan.study}' takes no trials now: its run's trials ended (or it is over); workers join "
              f"while `kdsweep run --study {plan.study}` is in its trials")
 
-    def reap() -> None:
+    def reap(also_pids: frozenset[int] = frozenset()) -> None:
         reap_stale_trials(study, client, store_root=plan.store_root, experiment_id=plan.experiment_id,
-                          lock=storage_lock(plan.storage_url))
+                          lock=storage_lock(plan.storage_url), also_pids=also_pids)
 
     interrupt, done = threading.Event(), threading.Event()
     trials = threading.Thread(target=lambda: (work(plan, sampler_offset(), interrupt), done.set()),
@@ -93,8 +92,7 @@ def run_joined(plan: SweepPlan, note: Callable[[str], None]) -> tuple[dict[str, 
             while not done.wait(REAP_EVERY_S):  # a survivor finishes what a lost worker left
                 reap()
     except KeyboardInterrupt:  # the second Ctrl-C: the trial is left to the reaper of this host
-        reap_stale_trials(study, client, store_root=plan.store_root, experiment_id=plan.experiment_id,
-                          lock=storage_lock(plan.storage_url), also_pids={os.getpid()})
+        reap(frozenset({os.getpid()}))
         raise
     mine = [t for t in study.get_trials(deepcopy=False) if plan.ran(t)]
     return {state: sum(t.state.name == state for t in mine) for state in ("COMPLETE", "PRUNED", "FAIL")}, \
@@ -103,9 +101,8 @@ def run_joined(plan: SweepPlan, note: Callable[[str], None]) -> tuple[dict[str, 
 
 def _check_teacher_here(plan: SweepPlan, store: Store) -> None:
     """A worker never trains a teacher: the study's must be here (downloaded, or a shared store)."""
-    from kdcore import get_task
+    from kdcore import KDSweepError, get_task
     from kdcore.teacher import teacher_path
-    from kdcore import KDSweepError
 
     task = get_task(plan.task)
     if task.pretrained_teacher() is None and not teacher_path(task, store.root).exists():
