@@ -208,7 +208,12 @@ def _reap(study: optuna.Study, trial: optuna.trial.FrozenTrial, client: MlflowCl
         client.set_tag(run.info.run_id, "stop_reason", "worker_lost")
         if run.info.status == "RUNNING":
             client.set_terminated(run.info.run_id, status="KILLED")
-    study._storage.set_trial_user_attr(trial._trial_id, "stop_reason", "worker_lost")
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    try:
+        study._storage.set_trial_user_attr(trial._trial_id, "stop_reason", "worker_lost")
+    except UpdateFinishedTrialError:  # its own worker told it meanwhile (an abort racing a --jobs 1 thread)
+        return
     study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
     log.warning("trial %d lost its worker: marked FAIL and re-enqueued to resume from its checkpoint", trial.number)
 
