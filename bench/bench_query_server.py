@@ -6,7 +6,9 @@ verdict's repeat runs) once: the Optuna trials in a journal, then copied into a 
 PostgreSQL cluster (``optuna.copy_study``); the MLflow runs written straight into the PostgreSQL
 database an ``mlflow server`` (``--serve-artifacts``) then serves; with ``--embedded``, once
 more into a local journal and SQLite store (about 10 minutes more at 10,000 trials). It times
-``kdsweep trials bench`` in a fresh process on each.
+``kdsweep trials bench`` in a fresh process on each: with the runs read through the server's REST
+API (``--tracking-uri http://...``), and from the server's database (``--tracking-uri
+postgresql://...``, read by SQL like the embedded SQLite file).
 
     python bench/bench_query_server.py [--trials 10000] [--repeats 3] [--embedded]
 """
@@ -56,7 +58,12 @@ def main() -> int:
             build_study(root / "embedded", args.trials)
             print(f"built the same on the embedded store in {time.perf_counter() - started:.0f} s", flush=True)
         server = MlflowServer(backend, root / "artifacts").wait_ready()
+        served = ["--storage", storage, "--store", str(root / "served")]
         rows = [
+            ("kdsweep trials (PostgreSQL; runs from the server's database)",
+             timed(cli("trials", STUDY, *served, "--tracking-uri", backend, cwd=root), args.repeats)),
+            ("kdsweep trials -f csv (PostgreSQL; runs from the server's database)",
+             timed(cli("trials", STUDY, "-f", "csv", *served, "--tracking-uri", backend, cwd=root), args.repeats)),
             ("kdsweep trials (PostgreSQL + MLflow server)",
              timed(cli("trials", STUDY, "--storage", storage, "--tracking-uri", server.url, "--store",
                        str(root / "served"), cwd=root), args.repeats)),

@@ -11,6 +11,11 @@ dictionary lookup. The points:
 - ``journal.locked``: a process holds the journal's lock, in the middle of an append.
 - ``checkpoint.shared``: a trial uploaded an epoch checkpoint to the tracking server (its lease's
   heartbeat goes on: the tests of ``kdsweep worker`` kill a host that looks alive until then).
+- ``window.close``: ``kdsweep run`` has run its trials and is about to close the study's window to
+  joined workers (the scale-out test holds it there until a lost trial was resumed elsewhere).
+
+With ``$KDSWEEP_TEST_RELEASE_FILE`` set the process does not stop for good: it waits at the point
+until that file exists, then goes on.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import time
 
 ENV = "KDSWEEP_TEST_PAUSE_AT"
 FILE_ENV = "KDSWEEP_TEST_PAUSE_FILE"
+RELEASE_ENV = "KDSWEEP_TEST_RELEASE_FILE"
 
 
 def pause_at(point: str) -> None:
@@ -29,5 +35,6 @@ def pause_at(point: str) -> None:
     if os.environ.get(FILE_ENV):
         with open(os.environ[FILE_ENV], "a") as marker:
             marker.write(f"{os.getpid()}\n")
-    while True:
-        time.sleep(3600)
+    release = os.environ.get(RELEASE_ENV)
+    while not (release and os.path.exists(release)):
+        time.sleep(0.2 if release else 3600)

@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from kdcore import ConfigError
 from sweeps import (best, compare, comparison, load_student, pareto, studies, trials, update_pareto_tags,
                     verdict_line, where)
+from sweeps.query import _study_sql
 from sweeps.query._runs import experiment_runs
 from sweeps.tracking.storage import open_storage
 from sweeps.tracking.store import Store
@@ -117,6 +118,25 @@ def test_sql_reader_and_mlflow_client_agree_on_nan_metrics(swept, tmp_path):
     assert math.isnan(by_sql.metrics["kd_gain"]) and math.isnan(by_client.metrics["kd_gain"])
     assert by_sql.tags == by_client.tags
     assert {k: str(v) for k, v in by_sql.metrics.items()} == {k: str(v) for k, v in by_client.metrics.items()}
+
+
+def test_trials_read_from_a_sqlite_storage_by_sql_match_the_optuna_read(swept, study, frame, tmp_path):
+    """An RDB storage is read by SQL without the per-epoch intermediate values: same frame."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.copy_study(from_study_name=swept.study, from_storage=open_storage(swept.storage_url),
+                      to_storage=open_storage(url))
+    by_sql = _study_sql.read(url, swept.study)
+    assert by_sql is not None and by_sql.user_attrs == study.user_attrs
+    for read, frozen in zip(by_sql.trials, study.trials, strict=True):
+        assert (read.number, read.state, read.values, read.params, read.distributions, read.user_attrs,
+                read.system_attrs, read.datetime_start, read.datetime_complete) == (
+            frozen.number, frozen.state, frozen.values, frozen.params, frozen.distributions, frozen.user_attrs,
+            frozen.system_attrs, frozen.datetime_start, frozen.datetime_complete)
+        assert read.intermediate_values == {}
+    pd.testing.assert_frame_equal(trials(swept.study, storage=url, store=swept.root), frame)
+    assert _study_sql.read(url, "no such study") is None
+    missing = tmp_path / "missing.db"
+    assert _study_sql.read(f"sqlite:///{missing}", swept.study) is None and not missing.exists()
 
 
 def test_unknown_study_names_the_known_ones(swept):

@@ -9,7 +9,6 @@ import io
 import json
 import subprocess
 import sys
-import time
 
 import optuna
 import pandas as pd
@@ -195,20 +194,13 @@ def test_compare_shows_the_verdict_rows(judged, tmp_path):
     assert by_quantity["kd_gain"] == {"quantity": "kd_gain", store.study: 0.082, "s2": None}
 
 
-def _best_of(runs: int, *args: str) -> float:
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO, capture_output=True, check=True)
-        times.append(time.perf_counter() - started)
-    return min(times)
-
-
 @pytest.mark.parametrize("args", [["--help"], ["trials", "--help"]])
-def test_help_stays_fast_and_loads_no_heavy_library(args):
+def test_help_loads_no_heavy_library(args):
+    # What keeps --help fast (about 0.3 s here) is what it does not import; a wall-clock bound
+    # would fail on a busy machine without saying why.
     probe = ("import sys; from cli.main import app\n"
              f"try: app({args!r})\nexcept SystemExit: pass\n"
-             "print(sorted(m for m in ('torch', 'pandas', 'mlflow', 'optuna', 'matplotlib') if m in sys.modules))")
+             "print(sorted(m for m in ('torch', 'pandas', 'mlflow', 'optuna', 'matplotlib', 'sqlalchemy') "
+             "if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
     assert loaded.stdout.strip().splitlines()[-1] == "[]"
-    assert _best_of(3, *args) < 0.5

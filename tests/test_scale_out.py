@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from _servers import MlflowServer, Postgres
 from _sweep_helpers import (
@@ -26,12 +27,18 @@ from _sweep_helpers import (
     write_sweep_file,
 )
 
+from sweeps import trials
+from sweeps.query import _study_sql
+from sweeps.query._runs import experiment_runs
+from sweeps.query.trials import Sources, trial_frame
 from sweeps.search.leases import LEASE_ATTR, RESUME_ATTR
+from sweeps.tracking.store import Store
 from sweeps.tracking.shared import file_sha256
 
 pytest.importorskip("psycopg", reason='the PostgreSQL driver is an extra: pip install -e ".[postgres]"')
 
 STUDY = "spread"
+RUN_TRIALS = 20  # host a's own trials; b and c run theirs beside them
 LEASE_TIMEOUT_S = "15"  # the default is 60 s; 15 keeps the test short
 SWEEP = {"space": {"ratio": [0.25, 0.5], "temperature": {"low": 1, "high": 8}, "alpha": {"low": 0.3, "high": 0.9},
                    "lr": {"low": 3e-3, "high": 3e-2, "log": True}},
@@ -46,7 +53,7 @@ def servers(tmp_path_factory):
         storage = postgres.create_database("optuna")
         backend = postgres.create_database("mlflow")
         server = MlflowServer(backend, tmp_path_factory.mktemp("artifacts")).wait_ready()
-        yield storage, server.url
+        yield storage, server.url, backend
     finally:
         if server is not None:
             server.stop()
@@ -59,7 +66,7 @@ def _host(name: str, **extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def spread(servers, sweep_template, tmp_path_factory):
-    storage, tracking = servers
+    storage, tracking, _ = servers
     root = tmp_path_factory.mktemp("spread")
     hosts = {name: root / name for name in "abc"}
     copy_store(sweep_template, hosts["a"] / "store")  # host a has the teacher; b and c have nothing
@@ -69,8 +76,13 @@ def spread(servers, sweep_template, tmp_path_factory):
     where = ["--storage", storage, "--tracking-uri", tracking]
     skew = _SkewExperiment(storage)  # runs beside the scenario, whose processes mostly wait
     skew.start()
-    run = Background("run", "--task", "digits", "--config", str(sweep), "--study", STUDY, "--budget", "80s",
-                     "--repeats", "2", "--store", str(hosts["a"] / "store"), *where, cwd=hosts["a"], env=_host("host-a"))
+    # The run ends on events, not on a short budget a busy machine may spend before the lost trial is
+    # reaped: it runs its --n-trials, then waits at the window's close until that trial was resumed.
+    released = root / "resumed"
+    run = Background("run", "--task", "digits", "--config", str(sweep), "--study", STUDY, "--budget", "10m",
+                     "--n-trials", str(RUN_TRIALS), "--repeats", "2", "--store", str(hosts["a"] / "store"), *where,
+                     cwd=hosts["a"], env=_host("host-a", KDSWEEP_TEST_PAUSE_AT="window.close",
+                                               KDSWEEP_TEST_RELEASE_FILE=str(released)))
     workers = {}
     try:
         wait_until(lambda: _has_plan(storage), timeout=120, what="the run set the study up", process=run)
@@ -86,6 +98,9 @@ def spread(servers, sweep_template, tmp_path_factory):
                 if (t.user_attrs.get(LEASE_ATTR) or {}).get("host") == "host-b" and t.state.name == "RUNNING"]
         os.kill(int(marker.read_text().split()[0]), signal.SIGKILL)  # host b is gone, mid-trial
         workers["b"].wait(timeout=30)
+        wait_until(lambda: _resumed_and_finished(storage, lost), timeout=240, what="the lost trial was resumed",
+                   process=run)
+        released.touch()
         assert run.wait(timeout=240) == 0, run.output()
         assert workers["c"].wait(timeout=120) == 0, workers["c"].output()
         skew.join()
@@ -93,6 +108,12 @@ def spread(servers, sweep_template, tmp_path_factory):
     finally:
         for process in [run, *workers.values()]:
             process.stop()
+
+
+def _resumed_and_finished(storage: str, lost: list[int]) -> bool:
+    trials = load_study(Path("."), STUDY, storage).trials
+    return any(t.user_attrs.get(RESUME_ATTR) in lost and t.state.name in ("COMPLETE", "PRUNED", "FAIL")
+               for t in trials)
 
 
 def _has_plan(storage: str) -> bool:
@@ -128,6 +149,20 @@ def test_the_trial_lost_with_host_b_resumes_from_its_shared_checkpoint(spread):
     client = mlflow_client(Path("."), tracking)
     for trial in study.trials:
         assert not client.list_artifacts(trial.user_attrs["mlflow_run_id"], "resume"), trial.number
+
+
+def test_trials_read_by_sql_match_the_optuna_and_mlflow_apis(servers, spread):
+    """`kdsweep trials` reads Optuna's PostgreSQL tables by SQL, and the server's own database when
+    that is the tracking URI: the same frame as through Optuna's API and the server's REST API."""
+    storage, tracking, backend = servers
+    store = spread[2]["a"] / "store"
+    assert _study_sql.read(storage, STUDY) is not None
+    assert experiment_runs(Store(store, backend), STUDY).experiment_id is not None
+    by_sql = trials(STUDY, storage=storage, tracking_uri=backend, store=store)
+    sources = Sources.resolve(storage, tracking, store)
+    by_apis = trial_frame(sources.study(STUDY), experiment_runs(sources.store, STUDY))
+    pd.testing.assert_frame_equal(by_sql, by_apis)
+    assert len(by_sql) == len(load_study(Path("."), STUDY, storage).trials) > 3
 
 
 def test_the_workers_downloaded_the_one_teacher_and_verified_it(spread):

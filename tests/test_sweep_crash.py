@@ -240,6 +240,24 @@ def test_n_trials_counts_the_resumed_trial_of_this_invocation(interrupted):
     assert len(new) == 1, f"--n-trials 1 started trials {new}"
 
 
+def test_sigterm_finishes_gracefully_like_the_first_ctrl_c(tmp_path, sweep_template):
+    # What `docker stop`, Kubernetes and Slurm send, here to the parent of two worker processes.
+    store = copy_store(sweep_template, tmp_path / "store")
+    process, number = start_and_wait(tmp_path, store, "term", min_epoch=1, jobs=2)
+    try:
+        process.signal(signal.SIGTERM)
+        returncode = process.wait(timeout=60)
+    finally:
+        process.stop()
+    assert returncode == 130, process.output()
+    trial = load_study(store, "term").trials[number]
+    assert (trial.state.name, trial.user_attrs.get("stop_reason")) == ("FAIL", "interrupted")
+    assert running_trials(store, "term") == []
+    assert {name: s for name, s in statuses(store, "term").items() if s == "RUNNING"} == {}
+    reason = sweep_runs(store, "term").parent.data.tags["kd_verdict_reason"]
+    assert reason == "interrupted (SIGTERM) before the paired repeats"
+
+
 # --------------------------------------------------------------------------------------------
 # Two Ctrl-C: abort now, still nothing RUNNING
 # --------------------------------------------------------------------------------------------

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdcore import ConfigError
-from sweeps.query import _where
+from sweeps.query import _study_sql, _where
 from sweeps.query._runs import ExperimentRuns, experiment_runs
+from sweeps.query._study_sql import StudyTrials
 # Selection uses validation accuracy only; test accuracy is the held-out estimate of what was chosen.
 from sweeps.search.objectives import SELECTION_METRIC, feasible
 from sweeps.tracking.storage import StoreDamagedError, default_storage_url, display_url, open_storage
@@ -94,6 +95,11 @@ class Sources:
                               f"(studies: {', '.join(names) if names else 'none yet'})")
         return optuna.load_study(study_name=name, storage=storage)
 
+    def study_trials(self, name: str) -> StudyTrials | optuna.Study:
+        """The study ``name`` as the ``trials`` frame reads it: by SQL from an RDB storage, without
+        the per-epoch intermediate values (``sweeps.query._study_sql``); else the Optuna study."""
+        return _study_sql.read(self.storage_url, name) or self.study(name)
+
 
 def trials(study: str, *, storage: str | None = None, tracking_uri: str | None = None,
            store: str | Path | None = None) -> pd.DataFrame:
@@ -102,13 +108,13 @@ def trials(study: str, *, storage: str | None = None, tracking_uri: str | None =
     run id and the checkpoint URI. Numbers are numbers: floats, and ``Int64`` for counts.
     """
     sources = Sources.resolve(storage, tracking_uri, store)
-    opened = sources.study(study)
+    opened = sources.study_trials(study)
     runs = experiment_runs(sources.store, study)
     check_runs_found(opened, runs, sources.store)
     return trial_frame(opened, runs)
 
 
-def check_runs_found(study: optuna.Study, runs: ExperimentRuns, store: Store) -> None:
+def check_runs_found(study: StudyTrials | optuna.Study, runs: ExperimentRuns, store: Store) -> None:
     """StoreDamagedError (exit 1) when the study's trials point at MLflow runs but the tracking store
     has no experiment for the study: its database is gone, empty, or not the one the study ran with."""
     if runs.experiment_id is not None:
@@ -122,7 +128,7 @@ def check_runs_found(study: optuna.Study, runs: ExperimentRuns, store: Store) ->
                             "the study ran with, or restore its database from a backup")
 
 
-def trial_frame(study: optuna.Study, runs: ExperimentRuns) -> pd.DataFrame:
+def trial_frame(study: StudyTrials | optuna.Study, runs: ExperimentRuns) -> pd.DataFrame:
     """The ``trials`` frame of an open study and its experiment's runs."""
     import pandas as pd
 
@@ -163,7 +169,7 @@ def trial_frame(study: optuna.Study, runs: ExperimentRuns) -> pd.DataFrame:
     return frame
 
 
-def study_objectives(study: optuna.Study) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def study_objectives(study: StudyTrials | optuna.Study) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The columns the study's front is drawn on (maximize, minimize): validation accuracy against
     the study's --cost for a pareto search; else against parameters and training time."""
     cost = study.user_attrs.get("kdsweep.cost")

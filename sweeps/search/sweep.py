@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kdcore.errors import KDSweepError
+from sweeps._pause import pause_at
 from sweeps.search import overrides
 from sweeps.search.join import (PLAN_ATTR, joined_trials_running, plan_record, publish_window,
                                  wait_for_joined_trials, window_until)
@@ -33,7 +34,7 @@ from sweeps.search.leases import REAP_EVERY_S, close_orphan_runs, reap_stale_tri
 from sweeps.search.objectives import val_acc
 from sweeps.search.plan import DEFAULT_REPEATS, SweepPlan
 from sweeps.search.space import SearchSpace
-from sweeps.search.worker import ctrl_c_sets, process_main, work
+from sweeps.search.worker import Interrupt, ctrl_c_sets, process_main, work
 from sweeps.tracking.logged_run import Prepared, prepare
 from sweeps.tracking.run_logger import RunLogger
 from sweeps.tracking.shared import is_shared, publish_teacher
@@ -137,7 +138,7 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
         overrides.enqueue_presets(study, space)
     _log_invocation(parent, plan, prepared, teacher_time, invocation, sweep_file)
 
-    interrupted = threading.Event()  # Ctrl-C
+    interrupted = Interrupt()  # Ctrl-C or SIGTERM
     halt = threading.Event()  # the workers stop: Ctrl-C, or trials failing alike (fail fast)
     workers = _start_workers(plan, halt)
     try:
@@ -243,7 +244,7 @@ def _start_workers(plan: SweepPlan, halt: threading.Event) -> list:
 
 
 def _watch(study: optuna.Study, plan: SweepPlan, workers: list, client: MlflowClient, parent: RunLogger,
-           view: SweepView, interrupted: threading.Event, halt: threading.Event, window: float) -> str | None:
+           view: SweepView, interrupted: Interrupt, halt: threading.Event, window: float) -> str | None:
     """Refresh the view, reap dead workers' trials, keep the parent's best-so-far and the trials
     window (``window``: as published so far) current.
 
@@ -265,7 +266,7 @@ def _watch(study: optuna.Study, plan: SweepPlan, workers: list, client: MlflowCl
             if failure is not None:
                 halt.set()  # the other workers' running trials stop at once, as after Ctrl-C
         note = ("stopping: trials fail alike" if failure else
-                "finishing (Ctrl-C again aborts)" if interrupted.is_set() else "")
+                f"finishing ({interrupted.by} again aborts)" if interrupted.is_set() else "")
         snapshot = _snapshot(study, plan, "trials", note=note)
         if snapshot.best and snapshot.best[0] != best_number:
             best_number = snapshot.best[0]
@@ -285,6 +286,7 @@ def _watch(study: optuna.Study, plan: SweepPlan, workers: list, client: MlflowCl
 def _close_window(study: optuna.Study, plan: SweepPlan, client: MlflowClient, view: SweepView) -> None:
     """No new trial from here; wait for the trials joined workers still run (each ends by the
     window it started in, plus its test pass and upload), so the verdict and the summary see them."""
+    pause_at("window.close")
     opened_until = window_until(study)
     publish_window(study, time.time())
     running = joined_trials_running(study, plan.invocation)
@@ -368,7 +370,7 @@ def _snapshot(study: optuna.Study, plan: SweepPlan, phase: str, note: str = "") 
 
 
 def _verdict(study: optuna.Study, plan: SweepPlan, space: SearchSpace, prepared: Prepared, client: MlflowClient,
-             view: SweepView, interrupted: threading.Event, invocation: int) -> dict[str, Any]:
+             view: SweepView, interrupted: Interrupt, invocation: int) -> dict[str, Any]:
     """The KD verdict on the best COMPLETE trial (by best_val_acc), logged on the parent run."""
     from sweeps.verdict.repeats import record_verdict, run_repeats
 
@@ -377,7 +379,7 @@ def _verdict(study: optuna.Study, plan: SweepPlan, space: SearchSpace, prepared:
     best = plan.best_trial(study.get_trials(deepcopy=False))
     teacher = prepared.teacher.test_acc
     if interrupted.is_set():
-        verdict = incomplete_verdict("interrupted (Ctrl-C) before the paired repeats", teacher_test_acc=teacher,
+        verdict = incomplete_verdict(f"interrupted ({interrupted.by}) before the paired repeats", teacher_test_acc=teacher,
                                      trial=best.number if best else None)
     elif best is None:
         within = plan.objective.limits and any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))

@@ -83,7 +83,7 @@ def run_joined(plan: SweepPlan, note: Callable[[str], None]) -> tuple[dict[str, 
         reap_stale_trials(study, client, store_root=plan.store_root, experiment_id=plan.experiment_id,
                           lock=storage_lock(plan.storage_url), also_pids=also_pids)
 
-    interrupt, done = threading.Event(), threading.Event()
+    interrupt, done = Interrupt(), threading.Event()
     trials = threading.Thread(target=lambda: (work(plan, sampler_offset(), interrupt), done.set()),
                               name="kdsweep-worker", daemon=True)
     try:
@@ -140,7 +140,9 @@ def process_main(plan: SweepPlan, worker: int, interrupt, threads: int, parent: 
     """Entry point of a worker process: the parent relays Ctrl-C through ``interrupt``."""
     import torch
 
+    # The parent relays Ctrl-C and SIGTERM (a supervisor may signal the whole process group).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(threads)
     orphaned = threading.Event()
     parent = os.getppid() if parent is None else parent
@@ -149,27 +151,38 @@ def process_main(plan: SweepPlan, worker: int, interrupt, threads: int, parent: 
     work(plan, worker, _Either(interrupt, orphaned))
 
 
+class Interrupt(threading.Event):
+    """Set by the first Ctrl-C or SIGTERM (what ``docker stop``, Kubernetes and Slurm send);
+    ``by`` names which, for the messages and the verdict's reason."""
+
+    by = "Ctrl-C"
+
+
 class ctrl_c_sets:
-    """First Ctrl-C sets ``events`` (finish gracefully); the second raises KeyboardInterrupt."""
+    """The first Ctrl-C or SIGTERM sets ``events`` (finish gracefully); the second raises
+    KeyboardInterrupt (abort now)."""
+
+    _SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
     def __init__(self, *events: threading.Event) -> None:
         self.event = events[0]
         self.events = events
+        self.previous: dict[int, object] = {}
 
     def __enter__(self) -> None:
         if threading.current_thread() is not threading.main_thread():
-            self.previous = None
             return
-        self.previous = signal.getsignal(signal.SIGINT)
 
         def handle(signum, frame):
             if self.event.is_set():
                 raise KeyboardInterrupt
             for event in self.events:
+                if isinstance(event, Interrupt):
+                    event.by = self._SIGNALS[signum]
                 event.set()
 
-        signal.signal(signal.SIGINT, handle)
+        self.previous = {sig: signal.signal(sig, handle) for sig in self._SIGNALS}
 
     def __exit__(self, *exc_info: object) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)

@@ -96,7 +96,7 @@ def run_repeats(
             run = _run_arm(prepared, arms[arm], arm, i, client, experiment_id, shared, deadline, interrupt)
             runs.append(run)
             if run.state != COMPLETE:
-                reason = _cut_reason(run, len(pairs), repeats)
+                reason = _cut_reason(run, len(pairs), repeats, _signal(interrupt))
                 break
             done[arm] = run
         if reason:
@@ -113,7 +113,7 @@ def run_repeats(
 def _stopped(deadline: float | None, interrupt: threading.Event | None, finished: int, wanted: int) -> str:
     """Why no further arm may start, or ''."""
     if interrupt is not None and interrupt.is_set():
-        return f"interrupted (Ctrl-C) after {finished} of {wanted} pairs"
+        return f"interrupted ({_signal(interrupt)}) after {finished} of {wanted} pairs"
     if deadline is not None and time.time() >= deadline:
         return _deadline_reason(finished, wanted)
     return ""
@@ -124,11 +124,16 @@ def _deadline_reason(finished: int, wanted: int) -> str:
             "give a longer --budget or fewer --repeats")
 
 
-def _cut_reason(run: ArmRun, finished: int, wanted: int) -> str:
+def _signal(interrupt: threading.Event | None) -> str:
+    """What interrupted the repeats: a sweep's Interrupt knows (Ctrl-C or SIGTERM)."""
+    return getattr(interrupt, "by", "Ctrl-C")
+
+
+def _cut_reason(run: ArmRun, finished: int, wanted: int, by: str) -> str:
     if run.state == FAIL:
         return f"repeat {run.repeat} ({run.arm}) failed: {run.stop_reason}"
     if run.stop_reason == "interrupted":
-        return f"interrupted (Ctrl-C) after {finished} of {wanted} pairs"
+        return f"interrupted ({by}) after {finished} of {wanted} pairs"
     if run.stop_reason == "deadline":
         return _deadline_reason(finished, wanted)
     return f"repeat {run.repeat} ({run.arm}) stopped early ({run.stop_reason}) after {finished} of {wanted} pairs"
