@@ -77,7 +77,7 @@ def train(
     check_config(task_object, train_config)
     if repeats is not None and repeats < 2:
         raise ConfigError(f"--repeats {repeats} is not allowed: a confidence interval needs at least 2 pairs")
-    if repeats is not None and train_config.alpha == 0:
+    if repeats is not None and not train_config.distills():
         raise ConfigError("--repeats compares distillation with its no-KD twin, but alpha=0 is already no KD: "
                           "give --alpha above 0")
 

@@ -9,6 +9,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from kdcore.errors import ConfigError
+from kdcore.schedule import ScheduleKind, scheduled
 
 
 class TrainConfig(BaseModel):
@@ -42,12 +43,55 @@ class TrainConfig(BaseModel):
                         description="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N' or 'mps'.")
     amp: bool = Field(True, description="bf16 autocast on CUDA; ignored on CPU.")
     num_workers: int = Field(0, ge=0, description="DataLoader workers, used only for tasks that hand over a non-tensor Dataset.")
+    # Schedules (kdcore.schedule): temperature and alpha above are the first epoch's values.
+    temperature_schedule: ScheduleKind = Field("constant", description="How T moves over the epochs: constant, linear or cosine (from temperature to temperature_end), or stages (temperature_stages).")
+    temperature_end: float | None = Field(None, ge=0.05, le=100, description="T at the last epoch, for a linear or cosine temperature_schedule.")
+    temperature_stages: tuple[tuple[float, float], ...] | None = Field(None, description="[[share of the epochs, T], ...] for a stages temperature_schedule; the shares sum to 1.")
+    alpha_schedule: ScheduleKind = Field("constant", description="How alpha moves over the epochs: constant, linear or cosine (from alpha to alpha_end), or stages (alpha_stages).")
+    alpha_end: float | None = Field(None, ge=0, le=1, description="alpha at the last epoch, for a linear or cosine alpha_schedule.")
+    alpha_stages: tuple[tuple[float, float], ...] | None = Field(None, description="[[share of the epochs, alpha], ...] for a stages alpha_schedule; the shares sum to 1.")
+    # Online distillation (seed 003): an exponential moving average of the student as a teacher.
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="Decay of an EMA-of-student teacher, updated after every optimizer step (seed 003: 0.999); 0: none.")
+    ema_weight: float = Field(0.5, ge=0, le=1, description="Share of the EMA teacher in the KD target when ema_decay > 0, the fixed teacher having the rest; 1: online distillation alone.")
+
+    @pydantic.model_validator(mode="after")
+    def _check_schedules(self, info: pydantic.ValidationInfo) -> TrainConfig:
+        if (info.context or {}).get("one_setting"):  # check_setting: the field's own rules only
+            return self
+        for name, low, high in (("temperature", 0.05, 100), ("alpha", 0, 1)):
+            kind, end, stages = (getattr(self, f"{name}_{part}") for part in ("schedule", "end", "stages"))
+            if kind in ("linear", "cosine") and end is None:
+                raise ValueError(f"{name}_schedule={kind!r} needs {name}_end (the value at the last epoch)")
+            if kind != "stages":
+                continue
+            if not stages:
+                raise ValueError(f"{name}_schedule='stages' needs {name}_stages, e.g. [[0.33, ...], [0.33, ...], "
+                                 "[0.34, ...]] (share of the epochs, value)")
+            shares = [share for share, _ in stages]
+            if any(not 0 < share <= 1 for share in shares) or abs(sum(shares) - 1) > 1e-6:
+                raise ValueError(f"{name}_stages={[list(s) for s in stages]!r} is invalid (allowed: shares in "
+                                 f"(0, 1] that sum to 1; these sum to {sum(shares):g})")
+            if any(not low <= value <= high for _, value in stages):
+                raise ValueError(f"{name}_stages={[list(s) for s in stages]!r} is out of range (allowed: "
+                                 f"values in [{low:g}, {high:g}])")
+        return self
+
+    def kd_weights(self, epoch: int) -> tuple[float, float]:
+        """The (temperature, alpha) of ``epoch`` (1-based), following their schedules."""
+        return (scheduled(self.temperature_schedule, self.temperature, self.temperature_end,
+                          self.temperature_stages, epoch, self.epochs),
+                scheduled(self.alpha_schedule, self.alpha, self.alpha_end, self.alpha_stages, epoch, self.epochs))
+
+    def distills(self) -> bool:
+        """True if some epoch's KD term has weight: alpha > 0 at any point of its schedule."""
+        return any(self.kd_weights(epoch)[1] > 0 for epoch in range(1, self.epochs + 1))
 
 
 def no_kd_twin(config: TrainConfig) -> TrainConfig:
     """The same run without distillation: alpha = 0 and no transfer set (unlabelled inputs teach
     nothing without a teacher); every other setting, the stopping rule and the data included, kept."""
-    return config.model_copy(update={"alpha": 0.0, "transfer_ratio": 0.0})
+    return config.model_copy(update={"alpha": 0.0, "alpha_schedule": "constant", "alpha_end": None,
+                                     "alpha_stages": None, "ema_decay": 0.0, "transfer_ratio": 0.0})
 
 
 def _allowed(field: pydantic.fields.FieldInfo) -> str:
@@ -92,6 +136,8 @@ def describe_validation_error(model: type[BaseModel], error: pydantic.Validation
         if item["type"] == "extra_forbidden":
             known = ", ".join(model.model_fields)
             problems.append(f"unknown setting '{name}' (known: {known})")
+        elif item["type"] == "value_error" and not item["loc"]:  # a rule across fields: its own message
+            problems.append(item["msg"].removeprefix("Value error, "))
         elif item["type"] == "missing":
             problems.append(f"missing setting '{name}'")
         elif item["type"] == "string_pattern_mismatch" and field is not None:
@@ -105,6 +151,16 @@ def describe_validation_error(model: type[BaseModel], error: pydantic.Validation
         else:
             problems.append(f"{name}={value!r} is invalid ({item['msg'][0].lower()}{item['msg'][1:]})")
     return "; ".join(problems)
+
+
+def check_setting(name: str, value: Any) -> None:
+    """ConfigError unless ``value`` is a valid TrainConfig ``name`` by that field's own rules (type,
+    range): a sweep checks each end of a range and each choice alone; the rules across fields (a
+    linear schedule needs its end value) hold for each whole trial config."""
+    try:
+        TrainConfig.model_validate({name: value}, context={"one_setting": True})
+    except pydantic.ValidationError as error:
+        raise ConfigError(describe_validation_error(TrainConfig, error)) from None
 
 
 def make_config(model: type[BaseModel] = TrainConfig, /, **values: Any) -> Any:

@@ -50,6 +50,8 @@ class EpochResult:
     epoch_time_s: float
     samples_per_s: float
     train_fraction: float = 1.0  # share of the labelled subset this epoch trained on
+    temperature: float = math.nan  # this epoch's T and alpha (their schedules, kdcore.schedule)
+    alpha: float = math.nan
 
 
     def metrics(self) -> dict[str, float]:
@@ -107,7 +109,7 @@ def _check_settings(task: Task, config: TrainConfig) -> None:
         raise ConfigError(f"device={config.device!r} but CUDA is not available on this machine: use auto or cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device={config.device!r} but MPS is not available on this machine: use auto or cpu")
-    if config.transfer_ratio > 0 and config.alpha > 0:
+    if config.transfer_ratio > 0 and config.distills():
         splits = task.splits()
         labelled = len(fraction_indices(labels_of(splits.train), config.data_fraction, config.data_seed))
         pool = (len(splits.unlabeled) if splits.unlabeled is not None else 0) + len(splits.train) - labelled
@@ -121,7 +123,7 @@ def _check_settings(task: Task, config: TrainConfig) -> None:
 def _transfer_source(task: Task, config: TrainConfig, kept: torch.Tensor, teacher, device: torch.device):
     """(batches of unlabelled inputs without end, their cached teacher logits or None), or (None,
     None) when the run has no transfer set. Without a KD term the inputs would teach nothing."""
-    if config.transfer_ratio == 0 or config.alpha == 0:
+    if config.transfer_ratio == 0 or not config.distills():
         return None, None
     splits = task.splits()
     unused = left_out(len(splits.train), kept)
@@ -133,6 +135,17 @@ def _transfer_source(task: Task, config: TrainConfig, kept: torch.Tensor, teache
         parts = [teacher.train[unused]] + ([teacher.unlabeled] if splits.unlabeled is not None else [])
         logits = torch.cat(parts).to(device)
     return source, logits
+
+
+def _ema_teacher(model: nn.Module, config: TrainConfig) -> nn.Module | None:
+    """An exponential moving average of the student (weights and buffers), updated after every
+    optimizer step, as seed 003's online teacher; None when ``ema_decay`` is 0."""
+    if config.ema_decay == 0 or config.ema_weight == 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    return ema.eval()  # never trained: its BatchNorm uses the averaged statistics
 
 
 @dataclass(frozen=True)
@@ -218,8 +231,10 @@ def train(
     inputs per labelled one, drawn from the transfer set, which only the KD term sees. The first
     ``low_fidelity_epochs`` epochs pass over ``low_fidelity_fraction`` of the labelled subset only.
     """
-    if teacher is None and config.alpha > 0:
-        raise ValueError("alpha > 0 needs a teacher: pass cached TeacherLogits or a teacher module")
+    online_only = config.ema_decay > 0 and config.ema_weight == 1  # the EMA teacher alone
+    if teacher is None and config.distills() and not online_only:
+        raise ValueError("alpha > 0 needs a teacher: pass cached TeacherLogits or a teacher module "
+                         "(or learn from an EMA teacher alone: ema_decay > 0 and ema_weight 1)")
     _check_settings(task, config)  # the caller runs the task's preflight once, not every trial
     started = time.perf_counter()
     device = resolve_device(config.device)
@@ -241,12 +256,14 @@ def train(
     transfer, transfer_cached = _transfer_source(task, config, kept, teacher, device)
     if isinstance(teacher, nn.Module):
         teacher = teacher.to(device).eval()
-    distilling = teacher is not None and config.alpha > 0
+    distilling = config.distills()
+    fixed_share = 0.0 if online_only or teacher is None else 1 - config.ema_weight if config.ema_decay else 1.0
 
     # Model and optimizer, seeded so a run is reproducible.
     torch.manual_seed(config.seed)
     model = (build_model or (lambda: task.build_student(config.ratio)))().to(device)
     params = list(model.parameters())
+    ema = _ema_teacher(model, config) if distilling else None
     # The fused kernel steps all parameters at once: 4x faster than the default per-tensor loop
     # on CPU, which matters for small students (bench/bench_trainer.py).
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
@@ -262,6 +279,8 @@ def train(
              "best_state": None, "history": []}
     if resume is not None:
         model.load_state_dict(resume["model"])
+        if ema is not None:
+            ema.load_state_dict(resume["ema"])
         optimizer.load_state_dict(resume["optimizer"])
         state.update({key: resume[key] for key in state})
     history = [EpochResult(**h) for h in state["history"]]
@@ -271,6 +290,7 @@ def train(
         epoch_start = time.perf_counter()
         model.train()
         train_source, cached = fidelity(epoch).source, fidelity(epoch).logits  # this epoch's batches
+        temperature, alpha = config.kd_weights(epoch)
         sums = torch.zeros(3, device=device)  # total, kd, ce loss summed over samples
         seen = 0
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
@@ -284,17 +304,20 @@ def train(
             # Forward and backward; the teacher's logits come from the cache when given.
             with autocast():
                 logits = model(x)
-                if not distilling:
-                    teacher_logits = None
-                elif cached is not None:
-                    teacher_logits = cached[positions]
+                teachers: list[torch.Tensor] = []  # the KD target's teachers, weighed by shares
+                if distilling and fixed_share > 0 and cached is not None:
+                    teachers.append(cached[positions])
                     if unlabelled is not None:
-                        teacher_logits = torch.cat([teacher_logits, transfer_cached[extra_positions]])
-                else:
+                        teachers[0] = torch.cat([teachers[0], transfer_cached[extra_positions]])
+                elif distilling and fixed_share > 0:
                     with torch.no_grad():
-                        teacher_logits = teacher(x)
-            loss = kd_loss(logits.float(), teacher_logits, y, temperature=config.temperature,
-                           alpha=config.alpha, label_smoothing=config.label_smoothing)
+                        teachers.append(teacher(x))
+                if ema is not None:  # no cache can hold it: one more student forward per batch
+                    with torch.no_grad():
+                        teachers.append(ema(x))
+            shares = [s for s in (fixed_share, config.ema_weight if ema is not None else 0.0) if s > 0]
+            loss = kd_loss(logits.float(), teachers or None, y, temperature=temperature, alpha=alpha,
+                           label_smoothing=config.label_smoothing, teacher_weights=shares)
             (loss.total / config.grad_accum_steps).backward()
             sums += torch.stack(loss).detach() * len(y)
             seen += len(y)
@@ -307,6 +330,8 @@ def train(
                     _clip_grad_norm_(params, config.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                if ema is not None:
+                    ema.update_parameters(model)
                 state["step"] += 1
 
             # Stop inside the epoch on divergence or at the deadline.
@@ -327,7 +352,8 @@ def train(
         epoch_time = time.perf_counter() - epoch_start
         train_loss, kd_part, ce_part = (sums / max(seen, 1)).tolist()
         result = EpochResult(epoch, train_loss, kd_part, ce_part, val_loss, val_acc,
-                             optimizer.param_groups[0]["lr"], epoch_time, seen / epoch_time, fidelity(epoch).fraction)
+                             optimizer.param_groups[0]["lr"], epoch_time, seen / epoch_time, fidelity(epoch).fraction,
+                             temperature, alpha)
         history.append(result)
         state["epoch"] = epoch
         score = val_acc if config.monitor == "val_acc" else val_loss
@@ -339,7 +365,8 @@ def train(
         if on_checkpoint is not None:
             state["history"] = [asdict(h) for h in history]
             # A snapshot: state_dict() tensors alias the live weights, which later epochs change.
-            on_checkpoint(copy.deepcopy({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict()}))
+            on_checkpoint(copy.deepcopy({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                         **({"ema": ema.state_dict()} if ema is not None else {})}))
         try:
             if on_epoch is not None:
                 on_epoch(result)

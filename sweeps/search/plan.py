@@ -179,4 +179,4 @@ def _twin_share(space: SearchSpace, trial: optuna.trial.FrozenTrial) -> float:
     from sweeps.search.overrides import trial_config
 
     config = trial_config(space, trial)
-    return 1.0 / (1.0 + config.transfer_ratio) if config.alpha > 0 else 1.0
+    return 1.0 / (1.0 + config.transfer_ratio) if config.distills() else 1.0

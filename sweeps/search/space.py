@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kdcore import ConfigError, TrainConfig, make_config
+from kdcore.config import check_setting
 
 if TYPE_CHECKING:
     import optuna
@@ -152,7 +153,7 @@ def _range(name: str, spec: dict[str, Any]) -> Dimension:
     for value in (low, high):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             raise ConfigError(f"range for '{name}' needs numbers, got low={low!r} high={high!r}")
-        make_config(TrainConfig, **{name: value})  # each end must be a valid setting
+        check_setting(name, value)  # each end must be a valid setting
     if low >= high:
         raise ConfigError(f"range for '{name}' is {'empty' if low == high else 'inverted'}: "
                           f"low={low:g} must be < high={high:g} (to fix a value, write '{name}: {low:g}')")
@@ -172,5 +173,5 @@ def _choices(name: str, values: list[Any]) -> Dimension:
     if not values:
         raise ConfigError(f"choices for '{name}' are empty: list at least one value")
     for value in values:
-        make_config(TrainConfig, **{name: value})
+        check_setting(name, value)
     return Dimension(name, "choice", choices=tuple(values))
