@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from sweeps.tracking.store import Store
 
 
-def prepare_task(task_spec: str, store: Store, device: str = "auto") -> Prepared:
+def prepare_task(task_spec: str, store: Store, device: str = "auto", teachers: int = 1) -> Prepared:
     """``sweeps.prepare`` with a progress bar shown only if the teacher must be trained."""
     from kdcore import get_task
     from sweeps.tracking.logged_run import prepare
@@ -22,21 +22,24 @@ def prepare_task(task_spec: str, store: Store, device: str = "auto") -> Prepared
 
     def on_teacher_epoch(epoch) -> None:
         nonlocal progress
+        if progress is not None and epoch.epoch == 1:  # the next teacher of an ensemble
+            progress.__exit__(None, None, None)
+            progress = None
         if progress is None:
             progress = EpochProgress(f"training teacher for {task.name}", task.teacher_config().epochs).__enter__()
         progress.update(epoch)
 
     try:
-        prepared = prepare(task_spec, store, device=device, on_teacher_epoch=on_teacher_epoch)
+        prepared = prepare(task_spec, store, device=device, on_teacher_epoch=on_teacher_epoch, teachers=teachers)
     finally:
         if progress is not None:
             progress.__exit__(None, None, None)
-    teacher = prepared.teacher
-    origin = "pretrained weights" if teacher.path is None else (
-        f"trained in {teacher.train_time_s:.1f}s, saved to {teacher.path}" if teacher.trained_now
-        else f"loaded from {teacher.path}")
-    console.print(f"teacher: test_acc {teacher.test_acc:.4f} ({origin})", highlight=False, soft_wrap=True)
-    cache = prepared.outputs
-    console.print(f"teacher outputs: {'cached' if cache.hit else f'computed in {cache.build_time_s:.2f}s'} "
-                  f"({cache.path})", highlight=False, soft_wrap=True)
+    for teacher, cache in prepared.all_teachers():
+        origin = "pretrained weights" if teacher.path is None else (
+            f"trained in {teacher.train_time_s:.1f}s, saved to {teacher.path}" if teacher.trained_now
+            else f"loaded from {teacher.path}")
+        label = "teacher" if teacher is prepared.teacher else f"teacher {teacher.name}"
+        console.print(f"{label}: test_acc {teacher.test_acc:.4f} ({origin})", highlight=False, soft_wrap=True)
+        console.print(f"{label} outputs: {'cached' if cache.hit else f'computed in {cache.build_time_s:.2f}s'} "
+                      f"({cache.path})", highlight=False, soft_wrap=True)
     return prepared

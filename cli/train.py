@@ -88,7 +88,7 @@ def train(
     paths.check_database()
     paths.check_reachable()
     paths.create()
-    prepared = prepare_task(task_spec, paths, train_config.device)
+    prepared = prepare_task(task_spec, paths, train_config.device, teachers=train_config.teachers)
     client = paths.client()
     experiment_id = paths.experiment(client, experiment)
     name = run_name or (f"{prepared.task.name}-T{train_config.temperature:g}-a{train_config.alpha:g}"

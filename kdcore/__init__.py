@@ -20,7 +20,8 @@ _LAZY = {
     **dict.fromkeys(("KDLoss", "kd_loss"), "kdcore.loss"),
     **dict.fromkeys(("PRESETS", "preset"), "kdcore.presets"),
     "preflight": "kdcore.preflight",
-    **dict.fromkeys(("DEFAULT_TASK", "Splits", "Task", "get_task", "register_task", "task_names"), "kdcore.tasks"),
+    **dict.fromkeys(("DEFAULT_TASK", "Splits", "Task", "TeacherSpec", "get_task", "register_task", "task_names"),
+                    "kdcore.tasks"),
     **dict.fromkeys(("Teacher", "load_or_train_teacher"), "kdcore.teacher"),
     **dict.fromkeys(("EpochResult", "TeacherLogits", "TrainResult", "check_config", "count_parameters", "train"),
                     "kdcore.trainer"),
@@ -44,14 +45,14 @@ if TYPE_CHECKING:
     from kdcore.loss import KDLoss, kd_loss
     from kdcore.preflight import preflight
     from kdcore.presets import PRESETS, preset
-    from kdcore.tasks import DEFAULT_TASK, Splits, Task, get_task, register_task, task_names
+    from kdcore.tasks import DEFAULT_TASK, Splits, Task, TeacherSpec, get_task, register_task, task_names
     from kdcore.teacher import Teacher, load_or_train_teacher
     from kdcore.trainer import EpochResult, TeacherLogits, TrainResult, check_config, count_parameters, train
 
 __all__ = [
     "DEFAULT_TASK", "PRESETS", "ArchitectureCost", "CacheError", "CachedOutputs", "ConfigError", "EpochResult",
     "Int8Student", "KDLoss", "KDSweepError", "Splits", "StopTraining", "Task", "TaskError", "Teacher", "TeacherLogits",
-    "TrainConfig", "TrainResult", "architecture_cost", "architecture_key", "cache_key", "check_config",
+    "TeacherSpec", "TrainConfig", "TrainResult", "architecture_cost", "architecture_key", "cache_key", "check_config",
     "count_parameters", "get_task", "int8_metrics", "kd_loss", "load_or_train_teacher", "make_config", "no_kd_twin",
     "preflight", "preset", "quantize_int8", "register_task", "task_names", "teacher_outputs", "train",
 ]

@@ -50,6 +50,9 @@ class TrainConfig(BaseModel):
     alpha_schedule: ScheduleKind = Field("constant", description="How alpha moves over the epochs: constant, linear or cosine (from alpha to alpha_end), or stages (alpha_stages).")
     alpha_end: float | None = Field(None, ge=0, le=1, description="alpha at the last epoch, for a linear or cosine alpha_schedule.")
     alpha_stages: tuple[tuple[float, float], ...] | None = Field(None, description="[[share of the epochs, alpha], ...] for a stages alpha_schedule; the shares sum to 1.")
+    # Several teachers (seed 003): the first `teachers` of the task's (Task.teachers()), each cached.
+    teachers: int = Field(1, ge=1, le=16, description="How many of the task's teachers (Task.teachers(), its own first) the KD target averages: the mean of their probabilities at T.")
+    teacher_weights: tuple[float, ...] | None = Field(None, description="One weight >= 0 per teacher in the KD target (normalised); none: equal weights.")
     # Online distillation (seed 003): an exponential moving average of the student as a teacher.
     ema_decay: float = Field(0.0, ge=0, lt=1, description="Decay of an EMA-of-student teacher, updated after every optimizer step (seed 003: 0.999); 0: none.")
     ema_weight: float = Field(0.5, ge=0, le=1, description="Share of the EMA teacher in the KD target when ema_decay > 0, the fixed teacher having the rest; 1: online distillation alone.")
@@ -58,6 +61,10 @@ class TrainConfig(BaseModel):
     def _check_schedules(self, info: pydantic.ValidationInfo) -> TrainConfig:
         if (info.context or {}).get("one_setting"):  # check_setting: the field's own rules only
             return self
+        weights = self.teacher_weights
+        if weights is not None and (len(weights) != self.teachers or any(w < 0 for w in weights) or sum(weights) <= 0):
+            raise ValueError(f"teacher_weights={list(weights)!r} is invalid (allowed: {self.teachers} weight(s) >= 0, "
+                             f"one per teacher (teachers={self.teachers}), not all 0)")
         for name, low, high in (("temperature", 0.05, 100), ("alpha", 0, 1)):
             kind, end, stages = (getattr(self, f"{name}_{part}") for part in ("schedule", "end", "stages"))
             if kind in ("linear", "cosine") and end is None:

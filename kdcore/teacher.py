@@ -11,7 +11,7 @@ from torch import nn
 
 from kdcore._files import load_safe, save_atomic, state_digest
 from kdcore.data import BatchSource, fingerprint
-from kdcore.tasks.base import Task
+from kdcore.tasks.base import PRIMARY_TEACHER, Task, TeacherSpec
 from kdcore.trainer import EpochResult, evaluate, resolve_device, train
 
 log = logging.getLogger("kdsweep")
@@ -30,25 +30,29 @@ class Teacher:
     trained_now: bool
     train_time_s: float
     val_acc: float = 0.0  # the base of validation retention (a limit the search may select on)
+    name: str = PRIMARY_TEACHER  # its TeacherSpec's: the task's own teacher, or a member of its ensemble
 
 
-def teacher_path(task: Task, store: Path) -> Path:
-    """Where the task's trained teacher lives; the data fingerprint keeps a changed task apart."""
-    return Path(store) / "teachers" / f"{task.name}-{fingerprint(task.splits().train)}" / "teacher.pt"
+def teacher_path(task: Task, store: Path, name: str = PRIMARY_TEACHER) -> Path:
+    """Where the task's trained teacher ``name`` lives; the data fingerprint keeps a changed task apart."""
+    return Path(store) / "teachers" / f"{task.name}-{fingerprint(task.splits().train)}" / f"{name}.pt"
 
 
 def load_or_train_teacher(
-    task: Task, store: Path, *, on_epoch: Callable[[EpochResult], None] | None = None, device: str = "auto"
+    task: Task, store: Path, *, on_epoch: Callable[[EpochResult], None] | None = None, device: str = "auto",
+    spec: TeacherSpec | None = None,
 ) -> Teacher:
-    """The task's teacher: its pretrained weights, the saved checkpoint, or trained now and saved."""
-    model = task.build_teacher()
-    pretrained = task.pretrained_teacher()
+    """The task's teacher (or ``spec``, a member of ``task.teachers()``): its pretrained weights (the
+    task's own teacher only), the saved checkpoint, or trained now and saved."""
+    spec = spec or task.teachers()[0]
+    model = spec.build()
+    pretrained = task.pretrained_teacher() if spec.name == PRIMARY_TEACHER else None
     if pretrained is not None:
         model.load_state_dict(pretrained)
         return Teacher(model.eval(), _accuracy(task, model, device, "test"), state_digest(pretrained), None, False,
                        0.0, _accuracy(task, model, device, "val"))
 
-    path = teacher_path(task, store)
+    path = teacher_path(task, store, spec.name)
     if path.exists():
         try:
             saved = load_safe(path)
@@ -56,21 +60,21 @@ def load_or_train_teacher(
                 model.load_state_dict(saved["state_dict"])
                 val_acc = saved.get("val_acc") or _accuracy(task, model, device, "val")
                 return Teacher(model.eval(), saved["test_acc"], saved["digest"], path, False, saved["train_time_s"],
-                               val_acc)
+                               val_acc, spec.name)
         except Exception as error:  # a truncated or foreign file: retrain rather than trust it
             log.warning("teacher checkpoint %s is unreadable (%s); training a new one", path, error)
         else:
             log.warning("teacher checkpoint %s does not verify; training a new one", path)
 
-    config = task.teacher_config().model_copy(update={"device": device})
-    result = train(task, config, build_model=task.build_teacher, on_epoch=on_epoch)
+    config = spec.config.model_copy(update={"device": device})
+    result = train(task, config, build_model=spec.build, on_epoch=on_epoch)
     save_atomic({"format": TEACHER_FORMAT, "task": task.name, "state_dict": result.state_dict,
                  "digest": state_digest(result.state_dict), "test_acc": result.test_acc,
                  "val_acc": result.best_val_acc, "train_time_s": result.train_time_s,
                  "config": config.model_dump()}, path)
     model.load_state_dict(result.state_dict)
     return Teacher(model.eval(), result.test_acc, state_digest(result.state_dict), path, True, result.train_time_s,
-                   result.best_val_acc)
+                   result.best_val_acc, spec.name)
 
 
 def _accuracy(task: Task, model: nn.Module, device: str, split: str) -> float:

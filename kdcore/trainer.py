@@ -7,7 +7,7 @@ import copy
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -109,6 +109,10 @@ def _check_settings(task: Task, config: TrainConfig) -> None:
         raise ConfigError(f"device={config.device!r} but CUDA is not available on this machine: use auto or cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device={config.device!r} but MPS is not available on this machine: use auto or cpu")
+    if config.teachers > 1 and config.teachers > len(task.teachers()):
+        names = ", ".join(spec.name for spec in task.teachers())
+        raise ConfigError(f"teachers={config.teachers} is out of range for task '{task.name}': it has "
+                          f"{len(task.teachers())} teacher(s) ({names}); give it more in Task.teachers()")
     if config.transfer_ratio > 0 and config.distills():
         splits = task.splits()
         labelled = len(fraction_indices(labels_of(splits.train), config.data_fraction, config.data_seed))
@@ -120,9 +124,11 @@ def _check_settings(task: Task, config: TrainConfig) -> None:
                 "lower data_fraction, or give the task an unlabeled split")
 
 
-def _transfer_source(task: Task, config: TrainConfig, kept: torch.Tensor, teacher, device: torch.device):
-    """(batches of unlabelled inputs without end, their cached teacher logits or None), or (None,
-    None) when the run has no transfer set. Without a KD term the inputs would teach nothing."""
+def _transfer_source(task: Task, config: TrainConfig, kept: torch.Tensor, cached: list[TeacherLogits],
+                     device: torch.device):
+    """(batches of unlabelled inputs without end, their cached logits (teachers x inputs x classes)
+    or None), or (None, None) when the run has no transfer set. Without a KD term the inputs would
+    teach nothing."""
     if config.transfer_ratio == 0 or not config.distills():
         return None, None
     splits = task.splits()
@@ -131,10 +137,23 @@ def _transfer_source(task: Task, config: TrainConfig, kept: torch.Tensor, teache
     per_batch = max(1, round(config.batch_size * config.transfer_ratio))
     source = BatchSource(pool, per_batch, device, config.num_workers)
     logits = None
-    if isinstance(teacher, TeacherLogits):
-        parts = [teacher.train[unused]] + ([teacher.unlabeled] if splits.unlabeled is not None else [])
-        logits = torch.cat(parts).to(device)
+    if cached:
+        logits = torch.stack([torch.cat([t.train[unused], *([t.unlabeled] if splits.unlabeled is not None else [])])
+                              for t in cached]).to(device)
     return source, logits
+
+
+def _cached_teachers(teacher: Any, config: TrainConfig) -> list[TeacherLogits]:
+    """The cached teachers of the KD target: the first ``config.teachers`` of those given."""
+    if isinstance(teacher, TeacherLogits):
+        teacher = [teacher]
+    if not isinstance(teacher, (list, tuple)):
+        if config.teachers > 1:
+            raise ValueError(f"teachers={config.teachers} needs that many cached teachers' logits, got a live module")
+        return []
+    if len(teacher) < config.teachers:
+        raise ValueError(f"teachers={config.teachers} needs that many cached teachers' logits, got {len(teacher)}")
+    return list(teacher[: config.teachers])
 
 
 def _ema_teacher(model: nn.Module, config: TrainConfig) -> nn.Module | None:
@@ -150,7 +169,8 @@ def _ema_teacher(model: nn.Module, config: TrainConfig) -> nn.Module | None:
 
 @dataclass(frozen=True)
 class _Fidelity:
-    """The labelled batches of one fidelity level, and their cached teacher logits (or None)."""
+    """The labelled batches of one fidelity level, and their cached logits (teachers x samples x
+    classes, or None)."""
 
     fraction: float
     source: BatchSource
@@ -160,7 +180,8 @@ class _Fidelity:
 def _low_fidelity(labelled, cached: torch.Tensor | None, config: TrainConfig, device: torch.device) -> _Fidelity:
     share = fraction_indices(labels_of(labelled), config.low_fidelity_fraction, config.data_seed)
     source = BatchSource(take(labelled, share), config.batch_size, device, config.num_workers)
-    return _Fidelity(config.low_fidelity_fraction, source, cached[share.to(cached.device)] if cached is not None else None)
+    return _Fidelity(config.low_fidelity_fraction, source,
+                     cached[:, share.to(cached.device)] if cached is not None else None)
 
 
 def _time_to_stop(deadline: float | None, interrupt: threading.Event | None) -> str | None:
@@ -209,7 +230,7 @@ def train(
     task: Task,
     config: TrainConfig,
     *,
-    teacher: TeacherLogits | nn.Module | None = None,
+    teacher: TeacherLogits | Sequence[TeacherLogits] | nn.Module | None = None,
     build_model: Callable[[], nn.Module] | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
     on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
@@ -219,7 +240,8 @@ def train(
 ) -> TrainResult:
     """Train a student of ``task`` (``task.build_student(config.ratio)``) by distillation.
 
-    ``teacher`` is cached logits (no teacher forward pass at all), a live teacher module, or
+    ``teacher`` is cached logits (no teacher forward pass at all; a list of them for an ensemble, of
+    which the first ``config.teachers`` are used), a live teacher module, or
     None for plain cross-entropy (then ``alpha`` must be 0). ``on_epoch`` may raise
     ``StopTraining(reason)`` to stop after that epoch. ``on_checkpoint`` receives the full
     training state after every epoch; pass such a state back as ``resume`` to continue from it.
@@ -248,16 +270,20 @@ def train(
     splits = task.splits()
     kept = fraction_indices(labels_of(splits.train), config.data_fraction, config.data_seed)
     labelled = take(splits.train, kept)
-    cached = teacher.train[kept].to(device) if isinstance(teacher, TeacherLogits) else None
+    ensemble = _cached_teachers(teacher, config)
+    cached = torch.stack([t.train[kept] for t in ensemble]).to(device) if ensemble else None
     full = _Fidelity(1.0, BatchSource(labelled, config.batch_size, device, config.num_workers), cached)
     # Low-fidelity epochs train on a nested share of the same labelled subset, their logits with them.
     low = _low_fidelity(labelled, cached, config, device) if config.low_fidelity_epochs else full
     val_source = BatchSource(splits.val, config.batch_size * 4, device, config.num_workers)
-    transfer, transfer_cached = _transfer_source(task, config, kept, teacher, device)
+    transfer, transfer_cached = _transfer_source(task, config, kept, ensemble, device)
     if isinstance(teacher, nn.Module):
         teacher = teacher.to(device).eval()
     distilling = config.distills()
     fixed_share = 0.0 if online_only or teacher is None else 1 - config.ema_weight if config.ema_decay else 1.0
+    # Each teacher's share of the KD target: the fixed ones' split by teacher_weights, then the EMA's.
+    weights = config.teacher_weights or (1.0,) * max(len(ensemble), 1)
+    shares = [fixed_share * w / sum(weights) for w in weights] if fixed_share > 0 else []
 
     # Model and optimizer, seeded so a run is reproducible.
     torch.manual_seed(config.seed)
@@ -306,18 +332,19 @@ def train(
                 logits = model(x)
                 teachers: list[torch.Tensor] = []  # the KD target's teachers, weighed by shares
                 if distilling and fixed_share > 0 and cached is not None:
-                    teachers.append(cached[positions])
+                    batch_logits = cached[:, positions]
                     if unlabelled is not None:
-                        teachers[0] = torch.cat([teachers[0], transfer_cached[extra_positions]])
+                        batch_logits = torch.cat([batch_logits, transfer_cached[:, extra_positions]], dim=1)
+                    teachers.extend(batch_logits.unbind(0))
                 elif distilling and fixed_share > 0:
                     with torch.no_grad():
                         teachers.append(teacher(x))
                 if ema is not None:  # no cache can hold it: one more student forward per batch
                     with torch.no_grad():
                         teachers.append(ema(x))
-            shares = [s for s in (fixed_share, config.ema_weight if ema is not None else 0.0) if s > 0]
             loss = kd_loss(logits.float(), teachers or None, y, temperature=temperature, alpha=alpha,
-                           label_smoothing=config.label_smoothing, teacher_weights=shares)
+                           label_smoothing=config.label_smoothing,
+                           teacher_weights=[*shares, *([config.ema_weight] if ema is not None else [])])
             (loss.total / config.grad_accum_steps).backward()
             sums += torch.stack(loss).detach() * len(y)
             seen += len(y)

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 
 from kdcore.errors import TaskError
-from kdcore.tasks.base import Splits, Task
+from kdcore.tasks.base import Splits, Task, TeacherSpec
 from kdcore.tasks.digits import DigitsTask
 from kdcore.tasks.mnist1d import MNIST1DTask
 
@@ -77,4 +77,4 @@ def get_task(spec: str) -> Task:
     return task
 
 
-__all__ = ["DEFAULT_TASK", "Splits", "Task", "get_task", "register_task", "task_names"]
+__all__ = ["DEFAULT_TASK", "Splits", "Task", "TeacherSpec", "get_task", "register_task", "task_names"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,19 @@ class Splits:
     val: Dataset
     test: Dataset
     unlabeled: Dataset | None = None
+
+
+PRIMARY_TEACHER = "teacher"
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """One teacher of a task's ensemble: its name (a file name in the store), how to build it, and
+    how kdsweep trains it. The first of ``Task.teachers()`` is the task's own teacher."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    config: TrainConfig
 
 
 class Task(abc.ABC):
@@ -67,3 +81,9 @@ class Task(abc.ABC):
     def pretrained_teacher(self) -> dict[str, Any] | None:
         """Pretrained teacher weights (a state_dict) or None to let kdsweep train the teacher."""
         return None
+
+    def teachers(self) -> list[TeacherSpec]:
+        """The teachers a run may distil from at once (TrainConfig ``teachers``: the first N), the
+        task's own teacher first. Override to offer an ensemble: teachers of other architectures or
+        seeds, each trained once and cached like the first. Default: the task's teacher alone."""
+        return [TeacherSpec(PRIMARY_TEACHER, self.build_teacher, self.teacher_config())]

@@ -8,7 +8,7 @@ from torch import nn
 
 from kdcore.config import TrainConfig
 from kdcore.tasks._split import carve_validation
-from kdcore.tasks.base import Splits, Task
+from kdcore.tasks.base import Splits, Task, TeacherSpec
 from kdcore.tasks.models import MLP, scaled_width
 
 
@@ -37,3 +37,8 @@ class DigitsTask(Task):
 
     def teacher_config(self) -> TrainConfig:
         return TrainConfig(alpha=0.0, ratio=1.0, lr=3e-3, epochs=30, batch_size=64, patience=8)
+
+    def teachers(self) -> list[TeacherSpec]:
+        # A second teacher for `teachers: 2`: the same MLP from another seed.
+        return [*super().teachers(),
+                TeacherSpec("teacher-seed1", self.build_teacher, self.teacher_config().model_copy(update={"seed": 1}))]

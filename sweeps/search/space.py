@@ -123,6 +123,14 @@ class SearchSpace:
         """The full trainer config of a trial with these searched values."""
         return make_config(TrainConfig, **{**self.fixed, **params})
 
+    def largest(self, name: str) -> Any:
+        """The largest value field ``name`` takes in any trial: the top of its range or its largest
+        choice, else its fixed value, else TrainConfig's default (how many teachers to prepare)."""
+        dim = self.dimensions.get(name)
+        if dim is not None:
+            return max(dim.choices) if dim.kind == "choice" else dim.high
+        return self.fixed.get(name, TrainConfig.model_fields[name].default)
+
     def upper_ends(self) -> dict[str, Any]:
         """Each searched field at the top of its range (the last of its choices)."""
         return {name: dim.choices[-1] if dim.kind == "choice" else dim.grid(2)[-1]

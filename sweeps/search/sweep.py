@@ -108,8 +108,8 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
     store = Store(Path(plan.store_root), plan.tracking_uri)
     linked = check_tracking_store(store, plan.storage_url, plan.study)  # before anything is written
     view.update(Snapshot("teacher", time.time() - plan.started_at, plan.budget_s, note="preparing the teacher"))
-    prepared = prepare(plan.task, store, device=space.fixed.get("device", "auto"))
-    teacher_time = prepared.teacher.train_time_s if prepared.teacher.trained_now else 0.0
+    prepared = prepare(plan.task, store, device=space.fixed.get("device", "auto"), teachers=int(space.largest("teachers")))
+    teacher_time = sum(t.train_time_s for t, _ in prepared.all_teachers() if t.trained_now)
 
     # The MLflow experiment, parent run and study are created here, once, before any worker
     # starts: concurrent creation of a fresh SQLite store races.
@@ -209,7 +209,8 @@ def _reap(study: optuna.Study, client: MlflowClient, plan: SweepPlan, also_pids:
 def _log_invocation(parent: RunLogger, plan: SweepPlan, prepared: Prepared, teacher_time: float,
                     invocation: int, sweep_file: str | None) -> None:
     parent.log_metrics({"teacher_test_acc": prepared.teacher.test_acc, "teacher_train_time_s": teacher_time,
-                        "cache_build_time_s": prepared.outputs.build_time_s},
+                        "cache_build_time_s": sum(o.build_time_s for _, o in prepared.all_teachers()),
+                        **_ensemble_metrics(prepared)},
                        tags={"budget": f"{plan.budget_s:g}s", "sampler": plan.sampler, "pruner": plan.pruner,
                              "fidelity": plan.fidelity.describe(),
                              "jobs": str(plan.jobs), "invocations": str(invocation),
@@ -217,6 +218,21 @@ def _log_invocation(parent: RunLogger, plan: SweepPlan, prepared: Prepared, teac
     parent.client.log_dict(parent.run_id, plan.search_space().describe(), "space.json")
     if sweep_file is not None:
         parent.client.log_text(parent.run_id, sweep_file, "sweep.yaml")
+
+
+def _ensemble_metrics(prepared: Prepared) -> dict[str, float]:
+    """Each teacher's test accuracy and, for an ensemble, that of the first 2, 3, ... together
+    (equal weights): what a trial with ``teachers`` = N distils from."""
+    from kdcore import make_config
+    from sweeps.tracking.logged_run import ensemble_accuracy
+
+    ready = prepared.all_teachers()
+    if len(ready) == 1:
+        return {}
+    metrics = {f"teacher_test_acc.{teacher.name}": teacher.test_acc for teacher, _ in ready}
+    for n in range(2, len(ready) + 1):
+        metrics[f"ensemble_test_acc.{n}"] = ensemble_accuracy(prepared, make_config(teachers=n))
+    return metrics
 
 
 def _note(plan: SweepPlan) -> str:

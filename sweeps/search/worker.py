@@ -40,7 +40,8 @@ def work(plan: SweepPlan, worker: int, interrupt: threading.Event) -> None:
     store = Store(root=Path(plan.store_root), tracking_uri=plan.tracking_uri)
     study = optuna.load_study(study_name=plan.study, storage=open_storage(plan.storage_url),
                               sampler=plan.sampler_for(worker), pruner=plan.make_pruner())
-    prepared = prepare(plan.task, store, device=plan.fixed.get("device", "auto"))  # a cache hit
+    prepared = prepare(plan.task, store, device=plan.fixed.get("device", "auto"),  # a cache hit
+                       teachers=int(plan.search_space().largest("teachers")))
     client = store.client()
     while not interrupt.is_set():
         # A joined worker's time ends with the study's trials window too, which the run moves.

@@ -6,30 +6,65 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kdcore import (CachedOutputs, EpochResult, Task, Teacher, TrainConfig, TrainResult, get_task,
-                    load_or_train_teacher, teacher_outputs, train)
+from kdcore import (CachedOutputs, ConfigError, EpochResult, Task, Teacher, TeacherLogits, TrainConfig, TrainResult,
+                    get_task, load_or_train_teacher, teacher_outputs, train)
 from sweeps.tracking.store import Store
 from sweeps.tracking.run_logger import RunLogger, final_metrics, student_checkpoint
 
 
 @dataclass
 class Prepared:
-    """A task with its teacher ready and the teacher's outputs cached: what every run needs."""
+    """A task with its teacher ready and the teacher's outputs cached: what every run needs.
+    ``members`` are the further teachers of the task's ensemble a study uses (``teachers`` > 1)."""
 
     task_spec: str
     task: Task
     teacher: Teacher
     outputs: CachedOutputs
     store: Store
+    members: tuple[tuple[Teacher, CachedOutputs], ...] = ()
+
+    def all_teachers(self) -> list[tuple[Teacher, CachedOutputs]]:
+        return [(self.teacher, self.outputs), *self.members]
+
+    def teacher_logits(self, config: TrainConfig) -> list[TeacherLogits]:
+        """The cached logits of the first ``config.teachers`` teachers: what ``train`` distils from."""
+        ready = self.all_teachers()
+        if config.teachers > len(ready):
+            raise ConfigError(f"teachers={config.teachers} but only {len(ready)} of task {self.task.name!r}'s "
+                              "teachers were prepared for this run")
+        return [outputs.logits for _, outputs in ready[: config.teachers]]
 
 
 def prepare(task_spec: str, store: Store, *, device: str = "auto",
-            on_teacher_epoch: Callable[[EpochResult], None] | None = None) -> Prepared:
-    """Resolve the task, load (or train once) its teacher, and load (or build once) the logit cache."""
+            on_teacher_epoch: Callable[[EpochResult], None] | None = None, teachers: int = 1) -> Prepared:
+    """Resolve the task, load (or train once) its first ``teachers`` teachers (``Task.teachers()``),
+    and load (or build once) each one's logit cache."""
     task = get_task(task_spec)
-    teacher = load_or_train_teacher(task, store.root, on_epoch=on_teacher_epoch, device=device)
-    outputs = teacher_outputs(task, teacher.model, teacher.digest, store.teacher_cache, device=device)
-    return Prepared(task_spec, task, teacher, outputs, store)
+    specs = task.teachers()
+    if teachers > len(specs):
+        raise ConfigError(f"teachers={teachers} is out of range for task {task.name!r}: it has {len(specs)} "
+                          f"({', '.join(s.name for s in specs)})")
+    ready = []
+    for spec in specs[:teachers]:
+        teacher = load_or_train_teacher(task, store.root, on_epoch=on_teacher_epoch, device=device, spec=spec)
+        ready.append((teacher, teacher_outputs(task, teacher.model, teacher.digest, store.teacher_cache,
+                                               device=device)))
+    return Prepared(task_spec, task, *ready[0], store, tuple(ready[1:]))
+
+
+def ensemble_accuracy(prepared: Prepared, config: TrainConfig, split: str = "test") -> float:
+    """Test accuracy of the KD target's fixed teachers together: the argmax of their probabilities'
+    weighted mean (at T = 1), from the cached logits."""
+    import torch
+
+    from kdcore.data import labels_of
+
+    logits = [getattr(t, split) for t in prepared.teacher_logits(config)]
+    weights = torch.tensor(config.teacher_weights or [1.0] * len(logits))
+    probabilities = sum(w * torch.softmax(x.float(), dim=-1) for w, x in zip(weights / weights.sum(), logits))
+    labels = labels_of(getattr(prepared.task.splits(), split))
+    return (probabilities.argmax(dim=-1) == labels).float().mean().item()
 
 
 def run_params(prepared: Prepared, config: TrainConfig) -> dict[str, Any]:
@@ -67,7 +102,7 @@ def train_logged(
             on_epoch(epoch)
 
     try:
-        result = train(prepared.task, config, teacher=prepared.outputs.logits, on_epoch=log_then_hook,
+        result = train(prepared.task, config, teacher=prepared.teacher_logits(config), on_epoch=log_then_hook,
                        **train_options)
         metrics = final_metrics(result, prepared.teacher.test_acc)
         logger.log_metrics(metrics, tags={"stop_reason": result.stop_reason})

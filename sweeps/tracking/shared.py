@@ -57,7 +57,7 @@ def publish_teacher(client: MlflowClient, run_id: str, prepared: Prepared) -> No
     """Log the teacher and cache files to the study's parent run, once per content."""
     root = prepared.store.root
     tags = client.get_run(run_id).data.tags
-    for kind, path in zip(_KINDS, (prepared.teacher.path, prepared.outputs.path)):
+    for kind, path in _files(prepared):
         if path is None:  # a task's pretrained teacher: every host builds it from the task's weights
             continue
         digest = file_sha256(path)
@@ -69,12 +69,25 @@ def publish_teacher(client: MlflowClient, run_id: str, prepared: Prepared) -> No
         client.set_tag(run_id, f"kdsweep.{kind}_sha256", digest)
 
 
+def _files(prepared: Prepared) -> list[tuple[str, Path | None]]:
+    """(kind, path) of every file a worker needs: the teacher and its cache, then each further
+    teacher of the ensemble and its cache (kinds ``teacher.<name>``, ``cache.<name>``)."""
+    files: list[tuple[str, Path | None]] = [("teacher", prepared.teacher.path), ("cache", prepared.outputs.path)]
+    for teacher, outputs in prepared.members:
+        files += [(f"teacher.{teacher.name}", teacher.path), (f"cache.{teacher.name}", outputs.path)]
+    return files
+
+
 def fetch_teacher(client: MlflowClient, run_id: str, store_root: Path) -> list[str]:
     """Download the published teacher and cache into ``store_root`` where missing or different;
     SharedFileError if a download does not match its sha256. Returns what was downloaded."""
     tags = client.get_run(run_id).data.tags
     fetched = []
-    for kind in _KINDS:
+    published = [key.removeprefix("kdsweep.").removesuffix("_sha256") for key in tags
+                 if key.startswith("kdsweep.") and key.endswith("_sha256")]
+    members = tuple(f"{k}." for k in _KINDS)  # an ensemble's further teachers and caches
+    wanted = [k for k in published if k in _KINDS or k.startswith(members)]
+    for kind in sorted(wanted, key=lambda k: (k not in _KINDS, _KINDS.index(k.split(".")[0]), k)):
         relative, digest = tags.get(f"kdsweep.{kind}_path"), tags.get(f"kdsweep.{kind}_sha256")
         if not relative:
             continue

@@ -1,5 +1,5 @@
-"""Seed 003's distillation knobs in kdcore: temperature/alpha schedules, several teachers in one
-KD target, and the EMA-of-student (online) teacher."""
+"""Seed 003's distillation knobs: temperature/alpha schedules, several teachers in one KD target
+(an ensemble), and the EMA-of-student (online) teacher; each in kdcore and searched by a sweep."""
 
 from __future__ import annotations
 
@@ -113,6 +113,53 @@ def test_teacher_weights_must_fit_the_teachers():
                 teacher_weights=[1.0])
 
 
+@pytest.fixture(scope="module")
+def second_teacher(teacher_store, digits, tmp_path_factory):
+    """The digits task's second teacher (the same MLP from seed 1), trained once, and its logits."""
+    from kdcore import load_or_train_teacher, teacher_outputs
+
+    spec = digits.teachers()[1]
+    trained = load_or_train_teacher(digits, teacher_store, device="cpu", spec=spec)
+    cache = tmp_path_factory.mktemp("second-cache")
+    return trained, teacher_outputs(digits, trained.model, trained.digest, cache, device="cpu").logits
+
+
+def test_a_second_teacher_is_trained_once_and_saved_apart_from_the_first(teacher_store, digits, teacher,
+                                                                          second_teacher):
+    from kdcore import load_or_train_teacher
+    from kdcore.teacher import teacher_path
+
+    trained, _ = second_teacher
+    assert trained.name == "teacher-seed1" and trained.digest != teacher.digest
+    assert trained.path == teacher_path(digits, teacher_store, "teacher-seed1") != teacher.path
+    again = load_or_train_teacher(digits, teacher_store, device="cpu", spec=digits.teachers()[1])
+    assert not again.trained_now and again.digest == trained.digest
+
+
+def test_training_on_two_teachers_distils_their_mean_not_either_one(digits, teacher_logits, second_teacher):
+    _, second = second_teacher
+    one = make_config(epochs=2, alpha=0.8, seed=2, device="cpu")
+    two = one.model_copy(update={"teachers": 2})
+    alone = train(digits, one, teacher=[teacher_logits, second])  # teachers=1: the first of the list
+    assert torch.equal(alone.state_dict["net.0.weight"],
+                       train(digits, one, teacher=teacher_logits).state_dict["net.0.weight"])
+    both = train(digits, two, teacher=[teacher_logits, second])
+    swapped = train(digits, two, teacher=[second, teacher_logits])  # equal weights: the order does not matter
+    assert not torch.equal(both.state_dict["net.0.weight"], alone.state_dict["net.0.weight"])
+    assert torch.allclose(both.state_dict["net.0.weight"], swapped.state_dict["net.0.weight"], atol=1e-5)
+    with pytest.raises(ValueError, match="teachers=2 needs that many cached teachers"):
+        train(digits, two, teacher=teacher_logits)
+
+
+def test_more_teachers_than_the_task_has_is_a_config_error(digits):
+    from kdcore import check_config
+
+    with pytest.raises(ConfigError, match="teachers=3 is out of range for task 'digits': it has 2"):
+        check_config(digits, make_config(teachers=3, device="cpu"))
+    with pytest.raises(ConfigError, match="teacher_weights=\[1.0\] is invalid"):
+        make_config(teachers=2, teacher_weights=[1.0])
+
+
 # --- the EMA (online) teacher ---------------------------------------------------------------
 
 def test_the_ema_teacher_is_the_moving_average_of_the_student_after_every_step(digits):
@@ -164,12 +211,13 @@ def test_the_no_kd_twin_has_no_schedule_and_no_ema_teacher():
 
 # --- searched by a sweep --------------------------------------------------------------------
 
-def test_a_sweep_searches_schedules_and_the_ema_teacher_and_logs_what_each_epoch_used(tmp_path, sweep_template):
+def test_a_sweep_searches_schedules_teachers_and_the_ema_teacher_and_logs_what_each_used(tmp_path, sweep_template,
+                                                                                          digits):
     store = copy_store(sweep_template, tmp_path / "store")
     sweep = write_sweep_file(tmp_path / "sched.yaml", {
         "space": {"temperature": {"low": 1, "high": 8}, "temperature_schedule": ["linear", "cosine"],
                   "temperature_end": {"low": 1, "high": 8}, "alpha_schedule": ["constant", "stages"],
-                  "ema_weight": {"low": 0.2, "high": 0.8}},
+                  "ema_weight": {"low": 0.2, "high": 0.8}, "teachers": [1, 2]},
         "train": {"epochs": 4, "patience": 0, "alpha_stages": [[0.5, 0.8], [0.5, 0.4]], "ema_decay": 0.99}})
     run = run_cli("run", "--task", "digits", "--config", str(sweep), "--study", "sched", "--n-trials", "3",
                   "--repeats", "0", "--pruner", "none", "--budget", "120s", "--store", str(store), cwd=tmp_path)
@@ -186,3 +234,16 @@ def test_a_sweep_searches_schedules_and_the_ema_teacher_and_logs_what_each_epoch
         assert logged["temperature"] == pytest.approx([t for t, _ in expected])
         assert logged["alpha"] == pytest.approx([a for _, a in expected])
         assert child.data.params["temperature_schedule"] == trial.params["temperature_schedule"]
+        assert child.data.params["teachers"] == str(trial.params["teachers"])
+    # The study prepared both teachers; its parent run has each one's accuracy and the ensemble's.
+    from kdcore import load_or_train_teacher, teacher_outputs
+    from kdcore.data import labels_of
+
+    parent = runs.parent.data.metrics
+    ready = [load_or_train_teacher(digits, store, device="cpu", spec=spec) for spec in digits.teachers()]
+    assert not any(t.trained_now for t in ready)
+    assert parent["teacher_test_acc.teacher-seed1"] == pytest.approx(ready[1].test_acc)
+    probabilities = sum(torch.softmax(teacher_outputs(digits, t.model, t.digest, store / ".cache" / "teacher",
+                                                      device="cpu").logits.test, dim=-1) for t in ready)
+    by_hand = (probabilities.argmax(dim=-1) == labels_of(digits.splits().test)).float().mean().item()
+    assert parent["ensemble_test_acc.2"] == pytest.approx(by_hand)
