@@ -8,7 +8,11 @@ teacher and teacher-output cache are ready, so the whole budget goes to trials):
 - ``random``: Optuna's RandomSampler, no pruning;
 - ``pareto``: ``--objective pareto --cost params`` (TPE, no pruning: Optuna cannot prune it);
 - ``data``: the default with ``--fidelity data:0.3``: each trial's first 3 epochs (the median
-  pruner's first look) train on 30% of the labelled data, only the trials it keeps on all of it.
+  pruner's first look) train on 30% of the labelled data, only the trials it keeps on all of it;
+- ``constant``, ``schedules``, ``ensemble``, ``online``: the sweep files of configs/ (MNIST-1D, 40
+  epochs, patience 8): the four default dimensions alone, and with temperature/alpha schedules,
+  with 1 to 3 teachers, with an EMA teacher (``--compare schedules:constant ensemble:constant
+  online:constant``). The template store holds all three MNIST-1D teachers, so no arm trains one.
 
 The arms of one comparison run at the same time, each pinned to its own core (``taskset``) with one
 torch thread, so machine noise hits both alike; every seed is a new pair of studies.
@@ -46,6 +50,12 @@ ARMS = {
     "random": ["--sampler", "random", "--pruner", "none"],
     "pareto": ["--objective", "pareto", "--cost", "params", "--sampler", "tpe"],
     "data": ["--sampler", "tpe", "--pruner", "median", "--fidelity", "data:0.3"],
+    # Seed 003's knobs (docs/sweeps.md), each against the same search with T and alpha constant:
+    # the sweep files differ only in what they add to the space.
+    "constant": ["--config", "configs/mnist1d-default.yaml"],
+    "schedules": ["--config", "configs/mnist1d-schedules.yaml"],
+    "ensemble": ["--config", "configs/mnist1d-ensemble.yaml"],
+    "online": ["--config", "configs/mnist1d-online.yaml"],
 }
 THRESHOLD = 0.96  # a fixed validation accuracy every arm is also timed to
 
@@ -53,8 +63,12 @@ THRESHOLD = 0.96  # a fixed validation accuracy every arm is also timed to
 def prepare_template(root: Path, task: str) -> Path:
     """A store with the task's teacher trained and its outputs cached."""
     template = root / "template"
-    subprocess.run([sys.executable, "-m", "cli.main", "teacher", "--task", task, "--store", str(template)],
-                   cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    sys.path.insert(0, str(REPO))
+    from kdcore import get_task
+
+    teachers = len(get_task(task).teachers())  # the ensemble arm's too: no arm trains a teacher
+    subprocess.run([sys.executable, "-m", "cli.main", "teacher", "--task", task, "--store", str(template),
+                    "--teachers", str(teachers)], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     return template
 
 
@@ -94,6 +108,17 @@ def finished_trials(store: Path, study: str):
 def best_val(frame) -> float:
     complete = frame[(frame["state"] == "COMPLETE") & frame["feasible"]]
     return float(complete["best_val_acc"].max()) if len(complete) else float("nan")
+
+
+def chosen_test(frame) -> float:
+    """Test accuracy of the trial a user would pick: the best on validation (``sweeps.best``)."""
+    from kdcore import ConfigError
+    from sweeps import best
+
+    try:
+        return float(best(frame)["test_acc"])
+    except ConfigError:  # no COMPLETE trial
+        return float("nan")
 
 
 def seconds_to_reach(frame, target: float) -> float:
@@ -150,6 +175,7 @@ def main() -> int:
             frames = {arm: finished_trials(stores[arm], arm) for arm in pair}
             target = best_val(frames[pair[1]])
             rows.append({arm: {"trials": len(frames[arm]), "best": best_val(frames[arm]),
+                               "chosen_test": chosen_test(frames[arm]),
                                "to_target": seconds_to_reach(frames[arm], target),
                                "to_threshold": seconds_to_reach(frames[arm], THRESHOLD),
                                "pruned": int((frames[arm]["state"] == "PRUNED").sum()),
@@ -164,11 +190,19 @@ def main() -> int:
         ratios = [r[a]["to_target"] / r[b]["to_target"] for r in rows if r[b]["to_target"] > 0]
         print(f"\n| {a} vs {b} ({len(rows)} seeds) | {a} | {b} |\n|---|---|---|")
         for key, label in (("trials", "trials"), ("pruned", "of which pruned"), ("best", "best validation accuracy"),
+                           ("chosen_test", "test accuracy of the trial chosen on validation"),
                            ("to_target", f"trial-seconds to {b}'s final best"),
                            ("to_threshold", f"trial-seconds to validation accuracy {THRESHOLD}"),
                            ("hv", "hypervolume (val acc, log params)")):
             cells = [", ".join(f"{r[arm][key]:.4g}" for r in rows) for arm in pair]
             print(f"| {label} (per seed) | {cells[0]} | {cells[1]} |")
+        if len(rows) >= 2:  # the paired difference over seeds, with its 95% t interval
+            from sweeps.verdict.paired import paired_interval
+
+            for key, label in (("best", "best validation accuracy"), ("chosen_test", "chosen trial's test accuracy")):
+                got = paired_interval([r[a][key] for r in rows], [r[b][key] for r in rows])
+                print(f"{a} - {b}, {label}: {got.mean:+.4f} (95% CI {got.low:+.4f} to {got.high:+.4f}, "
+                      f"{got.n} seeds)")
         finite = [x for x in ratios if math.isfinite(x)]
         print(f"\n{a}/{b} trial-seconds ratio per seed: {', '.join(f'{x:.2f}' for x in ratios)}"
               + (f"; median {statistics.median(finite):.2f}" if finite else "") + "\n", flush=True)

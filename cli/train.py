@@ -161,15 +161,18 @@ def teacher(
     task: TaskOpt = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     store: StoreOpt = None,
+    teachers: Annotated[int, typer.Option(help="Also the task's next teachers, up to this many in all (an "
+                                               "ensemble: Task.teachers()).")] = 1,
 ) -> None:
     """Train (or load) the task's teacher, save it in the store and cache its outputs."""
     from kdcore import DEFAULT_TASK, TrainConfig, check_config, get_task, make_config
 
     task_object = get_task(task or DEFAULT_TASK)
-    check_config(task_object, make_config(TrainConfig, **{**task_object.defaults(), "device": device}))
+    check_config(task_object, make_config(TrainConfig, **{**task_object.defaults(), "device": device,
+                                                          "teachers": teachers}))
     from cli._prepare import prepare_task
     from sweeps.tracking.store import Store
 
     paths = Store.resolve(store)
     paths.create()
-    prepare_task(task or DEFAULT_TASK, paths, device)
+    prepare_task(task or DEFAULT_TASK, paths, device, teachers=teachers)

@@ -229,3 +229,28 @@ def test_a_host_whose_clock_runs_behind_is_not_reaped_and_a_silent_one_is(spread
     assert skew.error is None, repr(skew.error)
     assert skew.states == {"behind": "RUNNING", "silent": "FAIL"}
     assert skew.reaped_at is not None and UNCHANGED_S <= skew.reaped_at <= UNCHANGED_S + 8  # never early
+
+
+def test_a_worker_fetches_every_teacher_of_an_ensemble_and_verifies_it(servers, teacher_store, tmp_path):
+    """An ensemble study (`teachers` > 1) publishes each teacher and its cache; a worker's empty
+    store downloads them all and prepares the same ensemble without training anything."""
+    import shutil
+
+    from mlflow import MlflowClient
+
+    from sweeps.tracking.logged_run import prepare
+    from sweeps.tracking.shared import fetch_teacher, publish_teacher
+
+    _, tracking, _ = servers
+    shutil.copytree(teacher_store, tmp_path / "a")  # host a has the task's teacher already
+    published = prepare("digits", Store(tmp_path / "a", tracking), device="cpu", teachers=2)
+    client = MlflowClient(tracking)
+    run_id = client.create_run(client.create_experiment("ensemble-fetch")).info.run_id
+    publish_teacher(client, run_id, published)
+
+    fetched = fetch_teacher(client, run_id, tmp_path / "b")
+    assert fetched == ["teacher", "cache", "teacher.teacher-seed1", "cache.teacher-seed1"]
+    joined = prepare("digits", Store(tmp_path / "b", tracking), device="cpu", teachers=2)
+    assert [(t.trained_now, c.hit) for t, c in joined.all_teachers()] == [(False, True), (False, True)]
+    assert [t.digest for t, _ in joined.all_teachers()] == [t.digest for t, _ in published.all_teachers()]
+    assert fetch_teacher(client, run_id, tmp_path / "b") == []  # present and verified: nothing to download

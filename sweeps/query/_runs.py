@@ -12,7 +12,7 @@ tag and metric) in about 15 s. ``tests/test_query.py`` checks both readers agree
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -50,10 +50,13 @@ class ExperimentRuns:
         return sorted(found, key=lambda r: r.start_time)
 
 
-def experiment_runs(store: Store, experiment: str, client: MlflowClient | None = None) -> ExperimentRuns:
+def experiment_runs(store: Store, experiment: str, client: MlflowClient | None = None, *,
+                    tags: Collection[str] | None = None, metrics: Collection[str] | None = None) -> ExperimentRuns:
     """All active runs of ``experiment`` in ``store``: by SQL on a SQLite, PostgreSQL or MySQL
     tracking store unless ``client`` is given. A SQLite file that is missing or empty has no runs (it
-    is not created); a damaged one raises StoreDamagedError (exit 1)."""
+    is not created); a damaged one raises StoreDamagedError (exit 1). ``tags``/``metrics`` name the
+    only ones a SQL read needs to fetch (None: all; MLflow's client returns all regardless)."""
+    wanted = {"tags": tags, "latest_metrics": metrics}
     path = store.database
     if client is None and path is not None:
         problem = store.database_problem()
@@ -64,13 +67,13 @@ def experiment_runs(store: Store, experiment: str, client: MlflowClient | None =
         try:
             # mode=ro: never creates or migrates the database; a running sweep's writes are not blocked.
             with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10) as db:
-                return _read_sql(db.execute, experiment)
+                return _read_sql(lambda sql, params: db.execute(sql, params).fetchall(), experiment, wanted)
         except sqlite3.OperationalError:
             pass  # a schema this reader does not know: ask MLflow itself
         except sqlite3.DatabaseError as error:  # not a database, malformed
             raise store.damaged(str(error)) from None
     elif client is None and store.tracking_uri.startswith(_SERVER_DATABASES):
-        found = _read_database(store.tracking_uri, experiment)
+        found = _read_database(store.tracking_uri, experiment, wanted)
         if found is not None:
             return found
     return _read_client(client or store.client(), experiment)
@@ -80,7 +83,7 @@ def experiment_runs(store: Store, experiment: str, client: MlflowClient | None =
 _SERVER_DATABASES = ("postgresql://", "postgresql+", "mysql://", "mysql+")
 
 
-def _read_database(uri: str, experiment: str) -> ExperimentRuns | None:
+def _read_database(uri: str, experiment: str, wanted: dict[str, Collection[str] | None]) -> ExperimentRuns | None:
     """The runs by SQL through SQLAlchemy (MLflow's own dependency), or None when SQL cannot read them."""
     import sqlalchemy
 
@@ -92,7 +95,7 @@ def _read_database(uri: str, experiment: str) -> ExperimentRuns | None:
         return None
     try:
         with engine.connect() as db:
-            return _read_sql(lambda sql, params: db.execute(sqlalchemy.text(sql), params), experiment,
+            return _read_sql(lambda sql, params: db.execute(sqlalchemy.text(sql), params).all(), experiment, wanted,
                              key=db.dialect.identifier_preparer.quote("key"))
     except sqlalchemy.exc.SQLAlchemyError:
         return None
@@ -100,7 +103,8 @@ def _read_database(uri: str, experiment: str) -> ExperimentRuns | None:
         engine.dispose()
 
 
-def _read_sql(execute: Callable[[str, dict], Iterable[tuple]], experiment: str, key: str = "key") -> ExperimentRuns:
+def _read_sql(execute: Callable[[str, dict], Iterable[tuple]], experiment: str,
+              wanted: dict[str, Collection[str] | None], key: str = "key") -> ExperimentRuns:
     """The tables MLflow's ``search_runs`` reads (``runs``, ``tags``, ``latest_metrics``), one query
     each; ``execute(sql, params)`` runs a query with named parameters (``key`` quoted for MySQL)."""
     found = list(execute("SELECT experiment_id FROM experiments WHERE name = :name AND lifecycle_stage = 'active' "
@@ -114,11 +118,18 @@ def _read_sql(execute: Callable[[str, dict], Iterable[tuple]], experiment: str, 
                 "WHERE experiment_id = :experiment AND lifecycle_stage = 'active'", params)}
     in_experiment = ("run_uuid IN (SELECT run_uuid FROM runs WHERE experiment_id = :experiment "
                      "AND lifecycle_stage = 'active')")
-    for run_id, name, value in execute(f"SELECT run_uuid, {key}, value FROM tags WHERE {in_experiment}", params):
-        runs[run_id].tags[name] = value
-    for run_id, name, value, is_nan in execute(
-            f"SELECT run_uuid, {key}, value, is_nan FROM latest_metrics WHERE {in_experiment}", params):
-        runs[run_id].metrics[name] = float("nan") if is_nan else float(value)
+    for table, extra in (("tags", ""), ("latest_metrics", ", is_nan")):
+        keys = wanted[table]
+        if keys is not None and not keys:
+            continue
+        only = "" if keys is None else f" AND {key} IN ({', '.join(f':k{i}' for i in range(len(keys)))})"
+        for run_id, name, value, *is_nan in execute(
+                f"SELECT run_uuid, {key}, value{extra} FROM {table} WHERE {in_experiment}{only}",
+                {**params, **{f"k{i}": k for i, k in enumerate(keys or ())}}):
+            if table == "tags":
+                runs[run_id].tags[name] = value
+            else:
+                runs[run_id].metrics[name] = float("nan") if is_nan[0] else float(value)
     return ExperimentRuns(str(params["experiment"]), runs)
 
 

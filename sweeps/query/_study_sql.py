@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,10 +39,12 @@ _SQL_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+", "mysql://", "mysql
 _IN_STUDY = "trial_id IN (SELECT trial_id FROM trials WHERE study_id = :study)"
 
 
-def read(url: str, name: str) -> StudyTrials | None:
+def read(url: str, name: str, *, user_attrs: Collection[str] | None = None,
+         system_attrs: Collection[str] | None = None) -> StudyTrials | None:
     """The study ``name`` in the RDB storage at ``url``, or None when SQL cannot read it (not an RDB
     URL, no such study, a schema this reader does not know): the caller asks Optuna, which also
-    gives the errors users see."""
+    gives the errors users see. ``user_attrs``/``system_attrs`` name the only trial attrs to read
+    (None: all): a frame that shows 20 of a trial's attrs need not decode its leases and logs."""
     if not url.startswith(_SQL_SCHEMES):
         return None
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///").split("?", 1)[0]).is_file():
@@ -56,14 +59,14 @@ def read(url: str, name: str) -> StudyTrials | None:
         return None
     try:
         with engine.connect() as db:
-            return _read(db, name)
+            return _read(db, name, {"user_attrs": user_attrs, "system_attrs": system_attrs})
     except sqlalchemy.exc.SQLAlchemyError:
         return None
     finally:
         engine.dispose()
 
 
-def _read(db: Any, name: str) -> StudyTrials | None:
+def _read(db: Any, name: str, wanted: dict[str, Collection[str] | None]) -> StudyTrials | None:
     from sqlalchemy import text
 
     def rows(sql: str, **params: Any) -> list[Any]:
@@ -88,8 +91,13 @@ def _read(db: Any, name: str) -> StudyTrials | None:
             "ORDER BY param_id", study=study):
         trials[trial_id].params[param] = (value, distribution)
     for table, slot in (("trial_user_attributes", "user_attrs"), ("trial_system_attributes", "system_attrs")):
-        for trial_id, k, value in rows(f"SELECT trial_id, {key}, value_json FROM {table} WHERE {_IN_STUDY} "
-                                       f"ORDER BY {table[:-1]}_id", study=study):
+        keys = wanted[slot]
+        only = "" if keys is None else f" AND {key} IN ({', '.join(f':k{i}' for i in range(len(keys)))})"
+        if keys is not None and not keys:
+            continue
+        for trial_id, k, value in rows(f"SELECT trial_id, {key}, value_json FROM {table} WHERE {_IN_STUDY}{only} "
+                                       f"ORDER BY {table[:-1]}_id", study=study,
+                                       **{f"k{i}": k for i, k in enumerate(keys or ())}):
             getattr(trials[trial_id], slot)[k] = json.loads(value)
     frozen = sorted((t.frozen(trial_id) for trial_id, t in trials.items()), key=lambda t: t.number)
     return StudyTrials(name, study_attrs, frozen)

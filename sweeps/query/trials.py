@@ -55,6 +55,9 @@ _FROM_MLFLOW = ("best_val_acc", "test_acc", "retention", "val_retention", "stude
                 "student_flops", "latency_ms_b1", "latency_ms_b256", "int8_size_bytes", "int8_val_acc",
                 "int8_test_acc", "int8_latency_ms_b1", "train_time_s", "epochs_run")
 _STRING_COLUMNS = ("state", "stop_reason", "run_status", "mlflow_run_id", "checkpoint_uri")
+# What the frame reads of a trial's attrs and of its run's tags (the rest of both stay unread).
+_TRIAL_ATTRS = (*_ATTR_DTYPES, "stop_reason", "mlflow_run_id", "checkpoint_uri")
+_RUN_TAGS = ("stop_reason", "optuna.trial_number", "kdsweep.kind")
 # Metrics where smaller is better, for ``best(..., direction=None)``.
 _COSTS = ("student_params", "student_size_bytes", "student_flops", "latency_ms_b1", "latency_ms_b256",
           "int8_size_bytes", "int8_latency_ms_b1", "train_time_s", "wall_time_s", "epoch_time_s",
@@ -97,8 +100,10 @@ class Sources:
 
     def study_trials(self, name: str) -> StudyTrials | optuna.Study:
         """The study ``name`` as the ``trials`` frame reads it: by SQL from an RDB storage, without
-        the per-epoch intermediate values (``sweeps.query._study_sql``); else the Optuna study."""
-        return _study_sql.read(self.storage_url, name) or self.study(name)
+        the per-epoch intermediate values and with only the attrs the frame shows
+        (``sweeps.query._study_sql``); else the Optuna study."""
+        return _study_sql.read(self.storage_url, name, user_attrs=_TRIAL_ATTRS,
+                               system_attrs=("constraints",)) or self.study(name)
 
 
 def trials(study: str, *, storage: str | None = None, tracking_uri: str | None = None,
@@ -109,7 +114,7 @@ def trials(study: str, *, storage: str | None = None, tracking_uri: str | None =
     """
     sources = Sources.resolve(storage, tracking_uri, store)
     opened = sources.study_trials(study)
-    runs = experiment_runs(sources.store, study)
+    runs = experiment_runs(sources.store, study, tags=_RUN_TAGS, metrics=_FROM_MLFLOW)
     check_runs_found(opened, runs, sources.store)
     return trial_frame(opened, runs)
 
