@@ -3,6 +3,7 @@ line what does not fit the Task contract (docs/tasks.md) before any run or study
 
 from __future__ import annotations
 
+import re
 import sysconfig
 import traceback
 import weakref
@@ -15,7 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from kdcore.errors import TaskError
-from kdcore.tasks.base import Splits, Task
+from kdcore.tasks.base import Splits, Task, TeacherSpec
 
 BATCH = 4  # samples pushed through each network: enough to see the batch dimension, cheap on any task
 
@@ -74,6 +75,7 @@ def preflight(task: Task, ratios: Iterable[float]) -> None:
             _check_module(label, "build_teacher()", teacher)
             _check_weights(task, label, teacher)
             _check_logits(task, label, "build_teacher()", teacher, x)
+            _check_ensemble(task, label, x)
             passed.add("task")
         for ratio in wanted:
             method = f"build_student({ratio:g})"
@@ -81,6 +83,23 @@ def preflight(task: Task, ratios: Iterable[float]) -> None:
             _check_module(label, method, student)
             _check_logits(task, label, method, student, x)
             passed.add(ratio)
+
+
+def _check_ensemble(task: Task, label: str, x: torch.Tensor) -> None:
+    """The further teachers of ``Task.teachers()``: distinct names, each built module maps the
+    inputs to logits (the first is ``build_teacher()``, checked above)."""
+    specs = _call(label, "teachers()", task.teachers)
+    if not isinstance(specs, list) or not specs or not all(isinstance(s, TeacherSpec) for s in specs):
+        raise TaskError(f"{label}: teachers() must return a non-empty list of kdcore.TeacherSpec, got "
+                        f"{type(specs).__name__}")
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names) or not all(re.fullmatch(r"[\w.-]+", n) for n in names):
+        raise TaskError(f"{label}: teachers() names {names} must be distinct file names (letters, digits, _ . -)")
+    for spec in specs[1:]:
+        method = f"teachers()[{spec.name!r}].build()"
+        teacher = _call(label, method, spec.build)
+        _check_module(label, method, teacher)
+        _check_logits(task, label, method, teacher, x)
 
 
 def _call(label: str, method: str, fn: Callable[..., Any], *args: Any) -> Any:

@@ -113,6 +113,23 @@ def test_a_student_head_of_the_wrong_width_is_named_with_its_ratio_and_shapes():
                                     "expected (4, 3) (num_classes=3)")
 
 
+def test_a_further_teacher_of_the_wrong_width_is_named_with_its_name_and_shapes():
+    class Ensemble(Tabular):
+        def teachers(self):
+            return [*super().teachers(), kdcore.TeacherSpec("wide", lambda: MLP(5, 32, 4), self.teacher_config())]
+
+    assert problem(Ensemble()) == ("task 'tabular': teachers()['wide'].build() gives logits of shape (4, 4), "
+                                   "expected (4, 3) (num_classes=3)")
+
+
+def test_teachers_with_the_same_name_are_refused():
+    class Twins(Tabular):
+        def teachers(self):
+            return [*super().teachers(), kdcore.TeacherSpec("teacher", self.build_teacher, self.teacher_config())]
+
+    assert "teachers() names ['teacher', 'teacher'] must be distinct" in problem(Twins())
+
+
 def test_the_ends_of_the_ratio_range_are_built():
     class TinyBreaks(Tabular):
         def build_student(self, ratio):
