@@ -34,6 +34,8 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--embedded", action="store_true", help="also build and time the embedded store")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile sweeps.trials in this process (runs from the server's database)")
     args = parser.parse_args()
 
     import optuna
@@ -74,6 +76,8 @@ def main() -> int:
         if args.embedded:
             rows.append(("kdsweep trials (journal + SQLite)",
                          timed(cli("trials", STUDY, "--store", str(root / "embedded"), cwd=root), args.repeats)))
+        if args.profile:
+            _profile(STUDY, storage, backend, root / "served")
         print(f"\nmachine: {machine()}\n{args.trials} trials\n")
         print("| what | best s | median s | target |\n|---|---|---|---|")
         for name, times in rows:
@@ -85,6 +89,21 @@ def main() -> int:
         postgres.stop()
         shutil.rmtree(root, ignore_errors=True)
     return 0
+
+
+def _profile(study: str, storage: str, backend: str, store: Path) -> None:
+    """Where one warm in-process ``sweeps.trials`` spends its time (the CLI adds imports and printing)."""
+    import cProfile
+    import pstats
+
+    from sweeps import trials
+
+    trials(study, storage=storage, tracking_uri=backend, store=store)  # warm: imports, connections
+    profile = cProfile.Profile()
+    started = time.perf_counter()
+    profile.runcall(trials, study, storage=storage, tracking_uri=backend, store=store)
+    print(f"\nin-process sweeps.trials: {time.perf_counter() - started:.2f} s (profiled)")
+    pstats.Stats(profile).sort_stats("cumulative").print_stats(18)
 
 
 if __name__ == "__main__":
