@@ -280,8 +280,8 @@ def train(
     if isinstance(teacher, nn.Module):
         teacher = teacher.to(device).eval()
     distilling = config.distills()
-    fixed_share = 0.0 if online_only or teacher is None else 1 - config.ema_weight if config.ema_decay else 1.0
     # Each teacher's share of the KD target: the fixed ones' split by teacher_weights, then the EMA's.
+    fixed_share = 0.0 if online_only or teacher is None else 1.0 - (config.ema_weight if config.ema_decay else 0.0)
     weights = config.teacher_weights or (1.0,) * max(len(ensemble), 1)
     shares = [fixed_share * w / sum(weights) for w in weights] if fixed_share > 0 else []
 
