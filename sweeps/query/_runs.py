@@ -87,6 +87,7 @@ def _read_database(uri: str, experiment: str, wanted: dict[str, Collection[str] 
     """The runs by SQL through SQLAlchemy (MLflow's own dependency), or None when SQL cannot read them."""
     import sqlalchemy
 
+    from sweeps.query._study_sql import driver_rows
     from sweeps.tracking.storage import driver_url
 
     try:
@@ -95,7 +96,7 @@ def _read_database(uri: str, experiment: str, wanted: dict[str, Collection[str] 
         return None
     try:
         with engine.connect() as db:
-            return _read_sql(lambda sql, params: db.execute(sqlalchemy.text(sql), params).all(), experiment, wanted,
+            return _read_sql(lambda sql, params: driver_rows(db, sql, params), experiment, wanted,
                              key=db.dialect.identifier_preparer.quote("key"))
     except sqlalchemy.exc.SQLAlchemyError:
         return None

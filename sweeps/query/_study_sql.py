@@ -68,10 +68,8 @@ def read(url: str, name: str, *, user_attrs: Collection[str] | None = None,
 
 
 def _read(db: Any, name: str, wanted: dict[str, Collection[str] | None]) -> StudyTrials | None:
-    from sqlalchemy import text
-
     def rows(sql: str, **params: Any) -> list[Any]:
-        return db.execute(text(sql), params).all()
+        return driver_rows(db, sql, params)
 
     found = rows("SELECT study_id FROM studies WHERE study_name = :name", name=name)
     if len(found) != 1:
@@ -112,6 +110,19 @@ def _json(text: str) -> Any:
     if _NUMBER.fullmatch(text):
         return int(text) if text.lstrip("-").isdigit() else float(text)
     return json.loads(text)
+
+
+def driver_rows(db: Any, sql: str, params: dict[str, Any]) -> list[tuple]:
+    """The rows of ``sql`` (named ``:params``) fetched by the database driver itself on an open
+    SQLAlchemy connection: SQLAlchemy's own result rows cost more than the query on 200,000 rows."""
+    if db.dialect.loaded_dbapi.paramstyle in ("pyformat", "format"):  # psycopg, pymysql: %(name)s
+        sql = re.sub(r":(\w+)", r"%(\1)s", sql)
+    cursor = db.connection.dbapi_connection.cursor()
+    try:
+        cursor.execute(sql, params)  # sqlite3 (qmark) takes :name with a dict as well
+        return cursor.fetchall()
+    finally:
+        cursor.close()
 
 
 def _datetime(value: Any) -> datetime | None:
