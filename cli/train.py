@@ -161,8 +161,8 @@ def teacher(
     task: TaskOpt = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     store: StoreOpt = None,
-    teachers: Annotated[int, typer.Option(help="Also the task's next teachers, up to this many in all (an "
-                                               "ensemble: Task.teachers()).")] = 1,
+    teachers: Annotated[int, typer.Option(help="How many of the task's teachers to prepare: more than 1 also "
+                                               "trains its ensemble (Task.teachers).")] = 1,
 ) -> None:
     """Train (or load) the task's teacher, save it in the store and cache its outputs."""
     from kdcore import DEFAULT_TASK, TrainConfig, check_config, get_task, make_config
