@@ -28,7 +28,8 @@ class FileLock:
     """An exclusive ``flock`` on ``guarded``'s lock file, blocking; ``held`` is False where there is none.
 
     Use as ``with FileLock(path):``, or ``acquire()`` then ``release()``. Not re-entrant: two
-    FileLocks on one path exclude each other, even in one process.
+    FileLocks on one path exclude each other, even in one process; one FileLock object belongs to
+    one thread.
     """
 
     def __init__(self, guarded: str | Path) -> None:
@@ -42,16 +43,23 @@ class FileLock:
     def acquire(self) -> bool:
         if fcntl is None:
             return False
+        if self._fd is None:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError:  # a read-only folder
+                return False
+            # Owned before it is locked. A Ctrl-C (KeyboardInterrupt) can land between the flock and
+            # the caller's `try`, leaving this object holding the lock unreleased; locking again
+            # through a new fd would then wait on our own lock for ever (a second Ctrl-C's clean-up
+            # hung so). Locking the same fd again returns at once when it holds the lock already,
+            # and waits as usual when an interrupted flock never got it.
+            self._fd = fd
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError:  # a read-only folder
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
         except OSError:  # ENOLCK, EOPNOTSUPP: no flock on this file system
+            fd, self._fd = self._fd, None
             os.close(fd)
             return False
-        self._fd = fd
         return True
 
     def release(self) -> None:
@@ -66,3 +74,10 @@ class FileLock:
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
+
+    def __del__(self) -> None:
+        # A FileLock dropped while held (a `with` whose block never started): closing its fd
+        # releases the flock.
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            os.close(fd)
