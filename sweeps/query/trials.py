@@ -58,7 +58,7 @@ _STRING_COLUMNS = ("state", "stop_reason", "run_status", "mlflow_run_id", "check
 # What the frame reads of a trial's attrs and of its run's tags (the rest of both stay unread).
 _TRIAL_ATTRS = (*_ATTR_DTYPES, "stop_reason", "mlflow_run_id", "checkpoint_uri")
 _RUN_TAGS = ("stop_reason", "optuna.trial_number", "kdsweep.kind")
-_PARETO_BLOCK = 256  # rows compared with all others at once: 256 x 10,000 x 3 booleans, 8 MB
+_PARETO_BLOCK = 256  # rows compared with all others at once: 256 x 10,000 booleans a time
 # Metrics where smaller is better, for ``best(..., direction=None)``.
 _COSTS = ("student_params", "student_size_bytes", "student_flops", "latency_ms_b1", "latency_ms_b256",
           "int8_size_bytes", "int8_latency_ms_b1", "train_time_s", "wall_time_s", "epoch_time_s",
@@ -287,9 +287,13 @@ def pareto(df: pd.DataFrame, maximize: tuple[str, ...] | list[str] | None = None
                              for c in objectives]) if len(rows) else np.empty((0, len(objectives)))
     dominated = np.zeros(len(rows), dtype=bool)
     for start in range(0, len(rows), _PARETO_BLOCK):  # a block of rows against all rows at once
-        block = costs[start:start + _PARETO_BLOCK, None, :]
-        beaten = (costs[None] <= block).all(axis=2) & (costs[None] < block).any(axis=2)
-        dominated[start:start + _PARETO_BLOCK] = beaten.any(axis=1)
+        block = costs[start:start + _PARETO_BLOCK]
+        no_worse = np.ones((len(block), len(costs)), dtype=bool)
+        better = np.zeros_like(no_worse)
+        for k in range(costs.shape[1]):  # one objective at a time: no reduction over a short axis
+            no_worse &= costs[None, :, k] <= block[:, k, None]
+            better |= costs[None, :, k] < block[:, k, None]
+        dominated[start:start + _PARETO_BLOCK] = (no_worse & better).any(axis=1)
     return rows[~dominated]
 
 
