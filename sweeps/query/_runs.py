@@ -16,6 +16,8 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from sweeps.query._sql import key_filter
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
@@ -85,23 +87,10 @@ _SERVER_DATABASES = ("postgresql://", "postgresql+", "mysql://", "mysql+")
 
 def _read_database(uri: str, experiment: str, wanted: dict[str, Collection[str] | None]) -> ExperimentRuns | None:
     """The runs by SQL through SQLAlchemy (MLflow's own dependency), or None when SQL cannot read them."""
-    import sqlalchemy
+    from sweeps.query._sql import driver_rows, quoted_key, read_with
 
-    from sweeps.query._study_sql import driver_rows
-    from sweeps.tracking.storage import driver_url
-
-    try:
-        engine = sqlalchemy.create_engine(driver_url(uri))
-    except (ImportError, sqlalchemy.exc.ArgumentError):
-        return None
-    try:
-        with engine.connect() as db:
-            return _read_sql(lambda sql, params: driver_rows(db, sql, params), experiment, wanted,
-                             key=db.dialect.identifier_preparer.quote("key"))
-    except sqlalchemy.exc.SQLAlchemyError:
-        return None
-    finally:
-        engine.dispose()
+    return read_with(uri, lambda db: _read_sql(lambda sql, params: driver_rows(db, sql, params), experiment, wanted,
+                                               key=quoted_key(db)))
 
 
 def _read_sql(execute: Callable[[str, dict], Iterable[tuple]], experiment: str,
@@ -120,13 +109,11 @@ def _read_sql(execute: Callable[[str, dict], Iterable[tuple]], experiment: str,
     in_experiment = ("run_uuid IN (SELECT run_uuid FROM runs WHERE experiment_id = :experiment "
                      "AND lifecycle_stage = 'active')")
     for table, extra in (("tags", ""), ("latest_metrics", ", is_nan")):
-        keys = wanted[table]
-        if keys is not None and not keys:
+        if wanted[table] is not None and not wanted[table]:
             continue
-        only = "" if keys is None else f" AND {key} IN ({', '.join(f':k{i}' for i in range(len(keys)))})"
+        only, keys = key_filter(key, wanted[table])
         for run_id, name, value, *is_nan in execute(
-                f"SELECT run_uuid, {key}, value{extra} FROM {table} WHERE {in_experiment}{only}",
-                {**params, **{f"k{i}": k for i, k in enumerate(keys or ())}}):
+                f"SELECT run_uuid, {key}, value{extra} FROM {table} WHERE {in_experiment}{only}", {**params, **keys}):
             if table == "tags":
                 runs[run_id].tags[name] = value
             else:

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
-from pathlib import Path
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from sweeps.query._sql import driver_rows, key_filter, quoted_key, read_with
 
 if TYPE_CHECKING:
     import optuna
@@ -50,21 +52,7 @@ def read(url: str, name: str, *, user_attrs: Collection[str] | None = None,
         return None
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///").split("?", 1)[0]).is_file():
         return None  # connecting would create it
-    import sqlalchemy
-
-    from sweeps.tracking.storage import driver_url
-
-    try:
-        engine = sqlalchemy.create_engine(driver_url(url))
-    except (ImportError, sqlalchemy.exc.ArgumentError):
-        return None
-    try:
-        with engine.connect() as db:
-            return _read(db, name, {"user_attrs": user_attrs, "system_attrs": system_attrs})
-    except sqlalchemy.exc.SQLAlchemyError:
-        return None
-    finally:
-        engine.dispose()
+    return read_with(url, lambda db: _read(db, name, {"user_attrs": user_attrs, "system_attrs": system_attrs}))
 
 
 def _read(db: Any, name: str, wanted: dict[str, Collection[str] | None]) -> StudyTrials | None:
@@ -75,7 +63,7 @@ def _read(db: Any, name: str, wanted: dict[str, Collection[str] | None]) -> Stud
     if len(found) != 1:
         return None
     study = found[0][0]
-    key = db.dialect.identifier_preparer.quote("key")  # a reserved word in MySQL
+    key = quoted_key(db)
     study_attrs = {k: json.loads(value) for k, value in
                    rows(f"SELECT {key}, value_json FROM study_user_attributes WHERE study_id = :study", study=study)}
     trials = {trial_id: _Trial(number, state, _datetime(start), _datetime(complete)) for trial_id, number, state, start, complete in rows(
@@ -90,13 +78,11 @@ def _read(db: Any, name: str, wanted: dict[str, Collection[str] | None]) -> Stud
             "ORDER BY param_id", study=study):
         trials[trial_id].params[param] = (value, distribution)
     for table, slot in (("trial_user_attributes", "user_attrs"), ("trial_system_attributes", "system_attrs")):
-        keys = wanted[slot]
-        only = "" if keys is None else f" AND {key} IN ({', '.join(f':k{i}' for i in range(len(keys)))})"
-        if keys is not None and not keys:
+        if wanted[slot] is not None and not wanted[slot]:
             continue
+        only, keys = key_filter(key, wanted[slot])
         for trial_id, k, value in rows(f"SELECT trial_id, {key}, value_json FROM {table} WHERE {_IN_STUDY}{only} "
-                                       f"ORDER BY {table[:-1]}_id", study=study,
-                                       **{f"k{i}": k for i, k in enumerate(keys or ())}):
+                                       f"ORDER BY {table[:-1]}_id", study=study, **keys):
             getattr(trials[trial_id], slot)[k] = _json(value)
     frozen = sorted((t.frozen(trial_id) for trial_id, t in trials.items()), key=lambda t: t.number)
     return StudyTrials(name, study_attrs, frozen)
@@ -110,19 +96,6 @@ def _json(text: str) -> Any:
     if _NUMBER.fullmatch(text):
         return int(text) if text.lstrip("-").isdigit() else float(text)
     return json.loads(text)
-
-
-def driver_rows(db: Any, sql: str, params: dict[str, Any]) -> list[tuple]:
-    """The rows of ``sql`` (named ``:params``) fetched by the database driver itself on an open
-    SQLAlchemy connection: SQLAlchemy's own result rows cost more than the query on 200,000 rows."""
-    if db.dialect.loaded_dbapi.paramstyle in ("pyformat", "format"):  # psycopg, pymysql: %(name)s
-        sql = re.sub(r":(\w+)", r"%(\1)s", sql)
-    cursor = db.connection.dbapi_connection.cursor()
-    try:
-        cursor.execute(sql, params)  # sqlite3 (qmark) takes :name with a dict as well
-        return cursor.fetchall()
-    finally:
-        cursor.close()
 
 
 def _datetime(value: Any) -> datetime | None:
