@@ -10,7 +10,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -45,6 +45,20 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
     err_console.print(f"[bold red]error:[/] {escape(one_line(message))}", highlight=False, soft_wrap=True)
     return typer.Exit(code=code)
+
+
+def exit_aborted(message: str) -> NoReturn:
+    """A second Ctrl-C's exit: ``message`` on stderr, then exit code 130 at once.
+
+    Everything is written by then (the abort reaped the running trials and closed their runs, the
+    journal is fsynced, SQLite committed). What is skipped is the interpreter's teardown, a full
+    garbage collection over torch, MLflow and pandas objects: 13 s on a loaded 2-core machine,
+    and whoever pressed Ctrl-C twice wants the prompt back."""
+    typer.echo(message, err=True)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
 
 
 def user_errors(command: F) -> F:

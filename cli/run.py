@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli._common import given, read_config, user_errors
+from cli._common import exit_aborted, given, read_config, user_errors
 from cli.train import StoreOpt, TaskOpt, TrackingOpt
 
 _SEARCH = "Search"
@@ -96,9 +96,8 @@ def run(
     except KeyboardInterrupt:
         resume = shlex.join(["kdsweep", "run", "--study", plan.study, *run_options,
                              *paths.options(plan.storage_url, plan.task)])
-        typer.echo("aborted: running trials were marked FAIL and will resume from their checkpoints "
-                   f"with `{resume}`", err=True)
-        raise typer.Exit(130) from None
+        exit_aborted("aborted: running trials were marked FAIL and will resume from their checkpoints "
+                     f"with `{resume}`")
     print_summary(summary, paths, plan.task, run_options)
     if summary.interrupted:
         raise typer.Exit(130)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli._common import console, user_errors
+from cli._common import console, exit_aborted, user_errors
 from cli.train import StoreOpt, TrackingOpt
 
 
@@ -45,9 +45,7 @@ def worker(
         counts, interrupted = run_joined(plan, note=lambda text: console.print(text, highlight=False, soft_wrap=True,
                                                                                 markup=False))
     except KeyboardInterrupt:
-        typer.echo("aborted: this worker's running trial was marked FAIL and re-enqueued; another host resumes it",
-                   err=True)
-        raise typer.Exit(130) from None
+        exit_aborted("aborted: this worker's running trial was marked FAIL and re-enqueued; another host resumes it")
     console.print(f"worker {'interrupted' if interrupted else 'done'} after {time.time() - started:.0f}s: " +
                   ", ".join(f"{n} {state.lower()}" for state, n in counts.items()), highlight=False)
     if interrupted:

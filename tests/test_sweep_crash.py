@@ -282,7 +282,7 @@ def test_second_ctrl_c_aborts_quickly_and_leaves_nothing_running(jobs, tmp_path,
     assert returncode in ((130, -signal.SIGINT) if jobs == 1 else (130,)), process.output()
     if jobs > 1:
         assert "aborted" in process.output()
-    assert exit_s < 10
+    assert exit_s < 10, process.output()
     assert running_trials(store, "abort") == []
     assert {name: s for name, s in statuses(store, "abort").items() if s == "RUNNING"} == {}
     assert load_study(store, "abort").trials[number].state.name == "FAIL"

@@ -55,6 +55,7 @@ _POLL_S = 0.5
 _PARETO_EVERY_S = 5.0  # tagging reads every run: about 0.7 s at 1000 trials
 _JOINED_GRACE_S = 60.0  # a joined worker's trial past the window: its test pass, INT8 copy and uploads
 _CLOSE_S = 1.0  # the repeats stop this long before the budget's end, to log the verdict and close
+_THREAD_GRACE_S = 2.0  # what an abort waits for --jobs 1's trial to end on its own before reaping it
 
 
 class SweepFailed(KDSweepError):
@@ -427,6 +428,8 @@ def _abort(workers: list, study: optuna.Study, client: MlflowClient, parent: Run
             pids.add(worker.pid)
             worker.kill()
             worker.join()
+        else:  # --jobs 1's thread cannot be killed; told to stop at the first Ctrl-C, it is often just ending
+            worker.join(timeout=_THREAD_GRACE_S)
     # With --jobs 1 the worker thread may still be closing its run: SQLite can then answer
     # "database is locked" at once (a lock upgrade), so these last writes are retried.
     _when_unlocked(lambda: _reap(study, client, plan, also_pids=pids))

@@ -55,6 +55,12 @@ def run_trial(
         with Lease(study, trial._trial_id, plan.invocation):
             _run_trial(study, trial, plan, prepared, client, interrupt)
     except Exception as error:  # a broken trial must not end the sweep, nor stay RUNNING
+        if study._storage.get_trial(trial._trial_id).state.is_finished():
+            # Reaped meanwhile (a second Ctrl-C's abort, or another host took it for lost): the
+            # reaper recorded it; this worker's late write is what failed, not the trial.
+            log.info("trial %d was finished by a reaper while its worker ended it: %s", trial.number,
+                     describe_error(error))
+            return
         described = describe_error(error)
         log.warning("trial %d failed: %s", trial.number, described)
         _fail(study, trial, client, described)
