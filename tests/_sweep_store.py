@@ -1,6 +1,6 @@
 """A store written by one real short sweep, shared by the query, report and MLflow-server tests.
 
-``kdsweep run --task digits --n-trials 8`` runs once per test session (in a subprocess, as a user
+``kdsweep run --task digits --n-trials 8 --repeats 2`` runs once per test session (in a subprocess, as a user
 would run it) into a temporary store seeded with the session's trained teacher. Tests read that
 store; a test that writes (tags, artifacts, extra studies) works on ``copy_store`` instead.
 """
@@ -16,7 +16,9 @@ from pathlib import Path
 
 STUDY = "s1"
 REPO = Path(__file__).resolve().parents[1]
-_SWEEP = ["run", "--task", "digits", "--budget", "60s", "--n-trials", "8", "--study", STUDY]
+# Ended by its 8 trials and 2 paired repeats, not by the clock: a short budget on a busy machine
+# left the store with a single trial. The budget only bounds a run that hangs.
+_SWEEP = ["run", "--task", "digits", "--budget", "10m", "--n-trials", "8", "--repeats", "2", "--study", STUDY]
 
 
 @dataclass(frozen=True)
