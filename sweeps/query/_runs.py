@@ -86,11 +86,10 @@ _SERVER_DATABASES = ("postgresql://", "postgresql+", "mysql://", "mysql+")
 
 
 def _read_database(uri: str, experiment: str, wanted: dict[str, Collection[str] | None]) -> ExperimentRuns | None:
-    """The runs by SQL through SQLAlchemy (MLflow's own dependency), or None when SQL cannot read them."""
-    from sweeps.query._sql import driver_rows, quoted_key, read_with
+    """The runs by SQL (sweeps.query._sql), or None when SQL cannot read them."""
+    from sweeps.query._sql import read_with
 
-    return read_with(uri, lambda db: _read_sql(lambda sql, params: driver_rows(db, sql, params), experiment, wanted,
-                                               key=quoted_key(db)))
+    return read_with(uri, lambda db: _read_sql(db.rows, experiment, wanted, key=db.key))
 
 
 def _read_sql(execute: Callable[[str, dict], Iterable[tuple]], experiment: str,

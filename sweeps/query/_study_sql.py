@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweeps.query._sql import driver_rows, key_filter, quoted_key, read_with
+from sweeps.query._sql import Database, key_filter, read_with
 
 if TYPE_CHECKING:
     import optuna
@@ -55,15 +55,15 @@ def read(url: str, name: str, *, user_attrs: Collection[str] | None = None,
     return read_with(url, lambda db: _read(db, name, {"user_attrs": user_attrs, "system_attrs": system_attrs}))
 
 
-def _read(db: Any, name: str, wanted: dict[str, Collection[str] | None]) -> StudyTrials | None:
+def _read(db: Database, name: str, wanted: dict[str, Collection[str] | None]) -> StudyTrials | None:
     def rows(sql: str, **params: Any) -> list[Any]:
-        return driver_rows(db, sql, params)
+        return db.rows(sql, params)
 
     found = rows("SELECT study_id FROM studies WHERE study_name = :name", name=name)
     if len(found) != 1:
         return None
     study = found[0][0]
-    key = quoted_key(db)
+    key = db.key
     study_attrs = {k: json.loads(value) for k, value in
                    rows(f"SELECT {key}, value_json FROM study_user_attributes WHERE study_id = :study", study=study)}
     trials = {trial_id: _Trial(number, state, _datetime(start), _datetime(complete)) for trial_id, number, state, start, complete in rows(
