@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
+import pandas as pd
 import pytest
 from _sweep_helpers import (
     Background,
@@ -27,6 +29,7 @@ from _sweep_helpers import (
 
 from sweeps import best, pareto, trials
 from sweeps.export import export_student
+from sweeps.tracking.storage import open_storage
 
 # Digits students: ratio 0.1 has 2,662 parameters, 0.25 has 8,970, 0.5 has 26,122.
 MAX_PARAMS = 20_000
@@ -79,6 +82,16 @@ def test_a_student_over_the_limit_is_rejected_before_training(swept):
     frame = trials("c", store=swept)
     assert not frame.loc[frame["student_params"] > MAX_PARAMS, "feasible"].any()
     assert (frame.loc[frame["state"] == "COMPLETE", "student_params"] <= MAX_PARAMS).all()
+
+
+def test_an_rdb_storage_read_by_sql_finds_the_same_trials_infeasible(swept, tmp_path):
+    # Optuna keeps each constraint under its own "constraints:<name>" system attr.
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.copy_study(from_study_name="c", from_storage=open_storage(str(swept / "optuna.journal")),
+                      to_storage=open_storage(url))
+    by_sql = trials("c", storage=url, store=swept)
+    assert not by_sql["feasible"].all()
+    pd.testing.assert_frame_equal(by_sql, trials("c", store=swept))
 
 
 def test_the_study_searches_accuracy_against_params_without_pruning(swept):

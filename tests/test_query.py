@@ -18,6 +18,7 @@ from kdcore import ConfigError
 from sweeps import (best, compare, comparison, load_student, pareto, studies, trials, update_pareto_tags,
                     verdict_line, where)
 from sweeps.query import _study_sql
+from sweeps.query.trials import _ATTR_DTYPES, _TRIAL_ATTRS
 from sweeps.query._runs import experiment_runs
 from sweeps.tracking.storage import open_storage
 from sweeps.tracking.store import Store
@@ -121,22 +122,19 @@ def test_sql_reader_and_mlflow_client_agree_on_nan_metrics(swept, tmp_path):
 
 
 def test_trials_read_from_a_sqlite_storage_by_sql_match_the_optuna_read(swept, study, frame, tmp_path):
-    """An RDB storage is read by SQL without the per-epoch intermediate values: same frame."""
+    """An RDB storage is read by SQL as columns, without the per-epoch intermediate values: same frame."""
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     optuna.copy_study(from_study_name=swept.study, from_storage=open_storage(swept.storage_url),
                       to_storage=open_storage(url))
-    by_sql = _study_sql.read(url, swept.study)
+    by_sql = _study_sql.read_columns(url, swept.study, user_attrs=_TRIAL_ATTRS, numbers=_ATTR_DTYPES)
     assert by_sql is not None and by_sql.user_attrs == study.user_attrs
-    for read, frozen in zip(by_sql.trials, study.trials, strict=True):
-        assert (read.number, read.state, read.values, read.params, read.distributions, read.user_attrs,
-                read.system_attrs, read.datetime_start, read.datetime_complete) == (
-            frozen.number, frozen.state, frozen.values, frozen.params, frozen.distributions, frozen.user_attrs,
-            frozen.system_attrs, frozen.datetime_start, frozen.datetime_complete)
-        assert read.intermediate_values == {}
+    assert list(by_sql.trials["number"]) == [t.number for t in study.trials]
+    assert list(by_sql.params.columns) == list(study.trials[0].params)
     pd.testing.assert_frame_equal(trials(swept.study, storage=url, store=swept.root), frame)
-    assert _study_sql.read(url, "no such study") is None
+    assert _study_sql.read_columns(url, "no such study", user_attrs=(), numbers=()) is None
     missing = tmp_path / "missing.db"
-    assert _study_sql.read(f"sqlite:///{missing}", swept.study) is None and not missing.exists()
+    assert _study_sql.read_columns(f"sqlite:///{missing}", swept.study, user_attrs=(), numbers=()) is None
+    assert not missing.exists()
 
 
 def test_unknown_study_names_the_known_ones(swept):

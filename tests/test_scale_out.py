@@ -156,7 +156,7 @@ def test_trials_read_by_sql_match_the_optuna_and_mlflow_apis(servers, spread):
     that is the tracking URI: the same frame as through Optuna's API and the server's REST API."""
     storage, tracking, backend = servers
     store = spread[2]["a"] / "store"
-    assert _study_sql.read(storage, STUDY) is not None
+    assert _study_sql.read_columns(storage, STUDY, user_attrs=(), numbers=()) is not None
     assert experiment_runs(Store(store, backend), STUDY).experiment_id is not None
     by_sql = trials(STUDY, storage=storage, tracking_uri=backend, store=store)
     sources = Sources.resolve(storage, tracking, store)

@@ -12,7 +12,7 @@ tag and metric) in about 15 s. ``tests/test_query.py`` checks both readers agree
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -53,11 +53,13 @@ class ExperimentRuns:
 
 
 def experiment_runs(store: Store, experiment: str, client: MlflowClient | None = None, *,
-                    tags: Collection[str] | None = None, metrics: Collection[str] | None = None) -> ExperimentRuns:
+                    tags: Collection[str] | None = None,
+                    metrics: Collection[str] | Mapping[str, Collection[str]] | None = None) -> ExperimentRuns:
     """All active runs of ``experiment`` in ``store``: by SQL on a SQLite, PostgreSQL or MySQL
     tracking store unless ``client`` is given. A SQLite file that is missing or empty has no runs (it
     is not created); a damaged one raises StoreDamagedError (exit 1). ``tags``/``metrics`` name the
-    only ones a SQL read needs to fetch (None: all; MLflow's client returns all regardless)."""
+    only ones a SQL read needs to fetch (None: all; MLflow's client returns all regardless);
+    ``metrics`` as a mapping, run id to names, fetches only those of those runs."""
     wanted = {"tags": tags, "latest_metrics": metrics}
     path = store.database
     if client is None and path is not None:
@@ -107,17 +109,42 @@ def _read_sql(execute: Callable[[str, dict], Iterable[tuple]], experiment: str,
                 "WHERE experiment_id = :experiment AND lifecycle_stage = 'active'", params)}
     in_experiment = ("run_uuid IN (SELECT run_uuid FROM runs WHERE experiment_id = :experiment "
                      "AND lifecycle_stage = 'active')")
-    for table, extra in (("tags", ""), ("latest_metrics", ", is_nan")):
-        if wanted[table] is not None and not wanted[table]:
-            continue
-        only, keys = key_filter(key, wanted[table])
-        for run_id, name, value, *is_nan in execute(
-                f"SELECT run_uuid, {key}, value{extra} FROM {table} WHERE {in_experiment}{only}", {**params, **keys}):
-            if table == "tags":
-                runs[run_id].tags[name] = value
-            else:
-                runs[run_id].metrics[name] = float("nan") if is_nan[0] else float(value)
+    only, keys = key_filter(key, wanted["tags"])
+    if wanted["tags"] is None or wanted["tags"]:
+        for run_id, name, value in execute(f"SELECT run_uuid, {key}, value FROM tags WHERE {in_experiment}{only}",
+                                           {**params, **keys}):
+            runs[run_id].tags[name] = value
+    for run_filter, names in _metric_queries(wanted["latest_metrics"], in_experiment):
+        only, keys = key_filter(key, names)
+        for run_id, name, value, is_nan in execute(
+                f"SELECT run_uuid, {key}, value, is_nan FROM latest_metrics WHERE {run_filter[0]}{only}",
+                {**params, **run_filter[1], **keys}):
+            if run_id in runs:
+                runs[run_id].metrics[name] = float("nan") if is_nan else float(value)
     return ExperimentRuns(str(params["experiment"]), runs)
+
+
+_RUNS_PER_QUERY = 1000  # at most this many run ids listed in a query; more are read by experiment
+
+
+def _metric_queries(wanted: Collection[str] | Mapping[str, Collection[str]] | None, in_experiment: str
+                    ) -> list[tuple[tuple[str, dict[str, str]], Collection[str] | None]]:
+    """((run filter, its parameters), metric names) per query: every run of the experiment, or,
+    for a mapping run id -> names, the runs wanting the same names together."""
+    if not isinstance(wanted, Mapping):
+        return [] if wanted is not None and not wanted else [((in_experiment, {}), wanted)]
+    by_names: dict[tuple[str, ...], list[str]] = {}
+    for run_id, names in wanted.items():
+        if names:
+            by_names.setdefault(tuple(sorted(names)), []).append(run_id)
+    queries = []
+    for names, run_ids in by_names.items():
+        if len(run_ids) > _RUNS_PER_QUERY:  # many runs: cheaper by experiment than by a list of ids
+            queries.append(((in_experiment, {}), names))
+        else:
+            ids = {f"r{i}": run_id for i, run_id in enumerate(run_ids)}
+            queries.append(((f"run_uuid IN ({', '.join(':' + name for name in ids)})", ids), names))
+    return queries
 
 
 def _read_client(client: MlflowClient, experiment: str) -> ExperimentRuns:

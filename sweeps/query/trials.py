@@ -20,14 +20,14 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kdcore import ConfigError
 from sweeps.query import _study_sql, _where
 from sweeps.query._runs import ExperimentRuns, experiment_runs
-from sweeps.query._study_sql import StudyTrials
+from sweeps.query._columns import TrialColumns, from_frozen
 # Selection uses validation accuracy only; test accuracy is the held-out estimate of what was chosen.
-from sweeps.search.objectives import SELECTION_METRIC, feasible
+from sweeps.search.objectives import SELECTION_METRIC
 from sweeps.tracking.storage import StoreDamagedError, default_storage_url, display_url, open_storage
 from sweeps.tracking.store import Store, check_storage_path
 
@@ -99,12 +99,12 @@ class Sources:
                               f"(studies: {', '.join(names) if names else 'none yet'})")
         return optuna.load_study(study_name=name, storage=storage)
 
-    def study_trials(self, name: str) -> StudyTrials | optuna.Study:
-        """The study ``name`` as the ``trials`` frame reads it: by SQL from an RDB storage, without
-        the per-epoch intermediate values and with only the attrs the frame shows
+    def study_trials(self, name: str) -> TrialColumns | optuna.Study:
+        """The study ``name`` as the ``trials`` frame reads it: by SQL from an RDB storage, as
+        columns, without the per-epoch intermediate values and with only the attrs the frame shows
         (``sweeps.query._study_sql``); else the Optuna study."""
-        return _study_sql.read(self.storage_url, name, user_attrs=_TRIAL_ATTRS,
-                               system_attrs=("constraints",)) or self.study(name)
+        return _study_sql.read_columns(self.storage_url, name, user_attrs=_TRIAL_ATTRS,
+                                       numbers=_ATTR_DTYPES) or self.study(name)
 
 
 def trials(study: str, *, storage: str | None = None, tracking_uri: str | None = None,
@@ -115,17 +115,35 @@ def trials(study: str, *, storage: str | None = None, tracking_uri: str | None =
     """
     sources = Sources.resolve(storage, tracking_uri, store)
     opened = sources.study_trials(study)
-    runs = experiment_runs(sources.store, study, tags=_RUN_TAGS, metrics=_FROM_MLFLOW)
+    if not isinstance(opened, TrialColumns):
+        opened = from_frozen(opened.study_name, opened.user_attrs, opened.get_trials(deepcopy=False), _TRIAL_ATTRS)
+    runs = experiment_runs(sources.store, study, tags=_RUN_TAGS, metrics=_metrics_wanted(opened))
     check_runs_found(opened, runs, sources.store)
     return trial_frame(opened, runs)
 
 
-def check_runs_found(study: StudyTrials | optuna.Study, runs: ExperimentRuns, store: Store) -> None:
+def _metrics_wanted(study: TrialColumns) -> dict[str, list[str]] | tuple[str, ...]:
+    """The MLflow metrics the frame falls back on, by run: those of _FROM_MLFLOW a trial's attrs
+    lack (its worker died before recording them, or it never measured them). A finished trial
+    records its numbers in Optuna as well, so on 10,000 trials this is a few thousand rows of
+    metrics rather than 150,000. All of them for every run when a trial names no run (it is then
+    found by the run's trial-number tag)."""
+    attrs = study.attrs.reindex(columns=_TRIAL_ATTRS)
+    run_ids = attrs["mlflow_run_id"]
+    if not run_ids.map(lambda run_id: isinstance(run_id, str) and run_id != "").all():
+        return _FROM_MLFLOW
+    missing = attrs[list(_FROM_MLFLOW)].isna().to_numpy()
+    return {run_id: [name for name, lacks in zip(_FROM_MLFLOW, row) if lacks]
+            for run_id, row in zip(run_ids, missing) if row.any()}
+
+
+def check_runs_found(study: TrialColumns | optuna.Study, runs: ExperimentRuns, store: Store) -> None:
     """StoreDamagedError (exit 1) when the study's trials point at MLflow runs but the tracking store
     has no experiment for the study: its database is gone, empty, or not the one the study ran with."""
     if runs.experiment_id is not None:
         return
-    linked = sum(bool(t.user_attrs.get("mlflow_run_id")) for t in study.get_trials(deepcopy=False))
+    linked = (study.linked if isinstance(study, TrialColumns)
+              else sum(bool(t.user_attrs.get("mlflow_run_id")) for t in study.get_trials(deepcopy=False)))
     if not linked:
         return
     store.check_database(logged_trials=linked)  # missing or empty
@@ -134,72 +152,66 @@ def check_runs_found(study: StudyTrials | optuna.Study, runs: ExperimentRuns, st
                             "the study ran with, or restore its database from a backup")
 
 
-def trial_frame(study: StudyTrials | optuna.Study, runs: ExperimentRuns) -> pd.DataFrame:
-    """The ``trials`` frame of an open study and its experiment's runs."""
+def trial_frame(study: TrialColumns | optuna.Study, runs: ExperimentRuns) -> pd.DataFrame:
+    """The ``trials`` frame of a study (its columns, or an open Optuna study) and its experiment's runs."""
     import pandas as pd
 
-    frozen = study.get_trials(deepcopy=False)
-    param_dtypes = _param_dtypes(frozen)
-    by_number = {int(r.tags["optuna.trial_number"]): r for r in runs.of_kind("trial")
-                 if r.tags.get("optuna.trial_number", "").isdigit()}
-    rows = []
-    for t in frozen:
-        attrs = t.user_attrs
-        run = runs.runs.get(attrs.get("mlflow_run_id", "")) or by_number.get(t.number)
-        logged = run.metrics if run else {}
-        row: dict[str, Any] = {"number": t.number, "state": t.state.name}
-        row.update({name: t.params.get(name) for name in param_dtypes})
-        row.update({name: attrs.get(name, logged.get(name) if name in _FROM_MLFLOW else None) for name in _ATTR_DTYPES})
-        if row["best_val_acc"] is None and t.values:  # a COMPLETE trial's first value is its best val_acc
-            row["best_val_acc"] = t.values[0]
-        end = t.datetime_complete
-        row["feasible"] = feasible(t)
-        row.update(stop_reason=attrs.get("stop_reason") or (run.tags.get("stop_reason") if run else None),
-                   run_status=run.status if run else None, started=t.datetime_start,
-                   duration_s=(end - t.datetime_start).total_seconds() if end and t.datetime_start else None,
-                   mlflow_run_id=run.run_id if run else attrs.get("mlflow_run_id"),
-                   checkpoint_uri=attrs.get("checkpoint_uri"))
-        rows.append(row)
+    if not isinstance(study, TrialColumns):
+        study = from_frozen(study.study_name, study.user_attrs, study.get_trials(deepcopy=False), _TRIAL_ATTRS)
+    trials, attrs, params = study.trials, study.attrs.reindex(columns=_TRIAL_ATTRS), study.params
+    run = _trial_runs(attrs["mlflow_run_id"], trials["number"], runs)
 
-    columns = ["number", "state", *param_dtypes, *_ATTR_DTYPES, "feasible",
-               "stop_reason", "pareto", "run_status", "started", "duration_s", "mlflow_run_id", "checkpoint_uri"]
-    frame = pd.DataFrame(rows, columns=[c for c in columns if c != "pareto"])
-    dtypes = {"number": "int64", **param_dtypes, **_ATTR_DTYPES, "feasible": "bool", "duration_s": "float64",
+    frame = pd.DataFrame({"number": trials["number"], "state": trials["state"]})
+    for name in study.param_dtypes:
+        frame[name] = params[name]
+    for name in _ATTR_DTYPES:
+        values = pd.to_numeric(attrs[name], errors="coerce")
+        if name in _FROM_MLFLOW:  # a number the trial logged to MLflow but not to Optuna (its worker died)
+            values = values.fillna(run[name])
+        frame[name] = values
+    frame["best_val_acc"] = frame["best_val_acc"].fillna(trials["value"])  # a COMPLETE trial's first value
+    frame["feasible"] = trials["feasible"]
+    given = attrs["stop_reason"].map(lambda reason: isinstance(reason, str) and reason != "")
+    frame["stop_reason"] = attrs["stop_reason"].where(given, run["stop_reason"])
+    frame["run_status"] = run["run_status"]
+    frame["started"] = trials["started"]
+    frame["duration_s"] = (trials["completed"] - trials["started"]).dt.total_seconds()
+    frame["mlflow_run_id"] = run["run_id"].where(run["run_id"].notna(), attrs["mlflow_run_id"])
+    frame["checkpoint_uri"] = attrs["checkpoint_uri"]
+    dtypes = {"number": "int64", **study.param_dtypes, **_ATTR_DTYPES, "feasible": "bool", "duration_s": "float64",
               **{c: "string" for c in _STRING_COLUMNS}}
     frame = frame.astype(dtypes)
-    frame["started"] = pd.to_datetime(frame["started"])
     maximize, minimize = study_objectives(study)
     frame["pareto"] = frame["number"].isin(pareto(frame, maximize, minimize)["number"])
+    columns = ["number", "state", *study.param_dtypes, *_ATTR_DTYPES, "feasible",
+               "stop_reason", "pareto", "run_status", "started", "duration_s", "mlflow_run_id", "checkpoint_uri"]
     frame = frame[columns].reset_index(drop=True)
     frame.attrs.update(maximize=maximize, minimize=minimize)  # the study's front, for pareto/best --cheapest
     return frame
 
 
-def study_objectives(study: StudyTrials | optuna.Study) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _trial_runs(run_ids: pd.Series, numbers: pd.Series, runs: ExperimentRuns) -> pd.DataFrame:
+    """Each trial's MLflow run, aligned with the trials: the run the trial names, else the trial run
+    tagged with its number. Columns run_id, run_status, stop_reason (tag) and _FROM_MLFLOW metrics."""
+    import pandas as pd
+
+    by_number = {int(r.tags["optuna.trial_number"]): r for r in runs.of_kind("trial")
+                 if r.tags.get("optuna.trial_number", "").isdigit()}
+    found = [runs.runs.get(run_id) if isinstance(run_id, str) else None for run_id in run_ids]
+    found = [r or by_number.get(n) for r, n in zip(found, numbers)]
+    return pd.DataFrame({
+        "run_id": [r.run_id if r else None for r in found],
+        "run_status": [r.status if r else None for r in found],
+        "stop_reason": [r.tags.get("stop_reason") if r else None for r in found],
+        **{name: [r.metrics.get(name) if r else None for r in found] for name in _FROM_MLFLOW},
+    }, index=run_ids.index, dtype=object).astype({name: "float64" for name in _FROM_MLFLOW})
+
+
+def study_objectives(study: TrialColumns | optuna.Study) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The columns the study's front is drawn on (maximize, minimize): validation accuracy against
     the study's --cost for a pareto search; else against parameters and training time."""
     cost = study.user_attrs.get("kdsweep.cost")
     return DEFAULT_MAXIMIZE, ((cost,) if cost else DEFAULT_MINIMIZE)
-
-
-def _param_dtypes(frozen: list[optuna.trial.FrozenTrial]) -> dict[str, str]:
-    """Each searched param's column dtype, in the order the trials suggest them."""
-    from optuna.distributions import CategoricalDistribution, IntDistribution
-
-    dtypes: dict[str, str] = {}
-    for t in frozen:
-        for name, dist in t.distributions.items():
-            if name in dtypes:
-                continue
-            if isinstance(dist, IntDistribution):
-                dtypes[name] = "Int64"
-            elif isinstance(dist, CategoricalDistribution):
-                numbers = all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in dist.choices)
-                ints = numbers and all(isinstance(c, int) for c in dist.choices)
-                dtypes[name] = "Int64" if ints else "float64" if numbers else "string"
-            else:
-                dtypes[name] = "float64"
-    return dtypes
 
 
 def where(frame: pd.DataFrame, expression: str | None) -> pd.DataFrame:
