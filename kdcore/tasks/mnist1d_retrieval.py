@@ -44,7 +44,7 @@ class MNIST1DRetrievalTask(Task):
         return ConvNet1d(scaled_width(self.teacher_channels, ratio), scaled_width(self.teacher_dim, ratio), _LENGTH)
 
     def defaults(self) -> dict[str, Any]:
-        return {"ratio": 0.25, "batch_size": 64, "epochs": 30, "patience": 10, "lr": 3e-3}
+        return {"ratio": 0.25, "batch_size": 64, "epochs": 60, "patience": 20, "lr": 3e-3}
 
     def teacher_config(self) -> TrainConfig:
         return TrainConfig(alpha=0.0, ratio=1.0, lr=1e-2, epochs=60, batch_size=128, weight_decay=0.0, patience=0)
