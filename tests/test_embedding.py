@@ -7,14 +7,19 @@ import math
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from kdcore import (
     ConfigError,
+    ProxyLoss,
+    Splits,
+    TaskError,
     TeacherSpec,
     TrainConfig,
     cache_key,
     check_config,
     embedding_kd_loss,
+    evaluate_model,
     get_task,
     load_or_train_teacher,
     make_config,
@@ -24,6 +29,7 @@ from kdcore import (
 )
 from kdcore.config import check_setting
 from kdcore.objective import build_objective
+from kdcore.preflight import preflight  # `from kdcore import preflight` can give the module of that name
 from kdcore.tasks.mnist1d_retrieval import MNIST1DRetrievalTask
 
 # Five unit vectors at these angles (degrees) and labels: worked out by hand below.
@@ -270,3 +276,81 @@ def test_a_classification_run_logs_exactly_the_fields_it_always_did():
     assert set(result.history[0].metrics()) == {
         "train_loss", "kd_loss", "ce_loss", "val_loss", "val_acc", "lr", "epoch_time_s", "samples_per_s",
         "train_fraction", "temperature", "alpha"}
+
+
+def test_a_live_teacher_module_trains_the_student_like_its_cached_embeddings(retrieval, teacher, cached):
+    config = make_config(**{**FAST, "epochs": 1}, ratio=0.25)
+    live = train(retrieval, config, teacher=teacher.model)
+    from_cache = train(retrieval, config, teacher=cached.logits)
+    assert max((live.state_dict[k] - from_cache.state_dict[k]).abs().max().item() for k in live.state_dict) < 1e-3
+    assert live.history[0].extra["kd_direct_loss"] == pytest.approx(from_cache.history[0].extra["kd_direct_loss"])
+
+
+def test_a_transfer_set_feeds_the_embedding_kd_terms(retrieval, cached):
+    config = make_config(**{**FAST, "epochs": 1}, ratio=0.25, data_fraction=0.3, transfer_ratio=1.0)
+    result = train(retrieval, config, teacher=cached.logits)
+    assert result.history[0].extra["kd_relational_loss"] > 0 and math.isfinite(result.test_acc)
+
+
+def test_an_int8_embedding_student_is_scored_by_recall_at_1(retrieval, distilled):
+    from kdcore import int8_metrics, quantize_int8
+
+    _, result, _ = distilled
+    student = retrieval.build_student(0.25)
+    student.load_state_dict(result.state_dict)
+    splits = retrieval.splits()
+    metrics = int8_metrics(quantize_int8(student), splits.val, splits.test, splits.train[0][0], task=retrieval)
+    assert metrics["int8_test_acc"] == pytest.approx(result.test_acc, abs=0.03)
+
+
+# --- preflight ------------------------------------------------------------------------------
+
+def test_preflight_accepts_the_built_in_retrieval_task(retrieval):
+    check_config(retrieval, make_config(device="cpu", **retrieval.defaults()))
+
+
+def test_preflight_names_an_unknown_task_kind():
+    class Ranking(MNIST1DRetrievalTask):
+        kind = "ranking"
+
+    with pytest.raises(TaskError, match="kind is 'ranking'; set it to one of 'classification', 'embedding'"):
+        preflight(Ranking(), [0.5])
+
+
+def test_preflight_refuses_a_validation_split_too_small_for_recall_at_5(retrieval):
+    class Tiny(MNIST1DRetrievalTask):
+        def splits(self):
+            full = retrieval.splits()
+            return Splits(full.train, TensorDataset(*(t[:5] for t in full.val.tensors)), full.test)
+
+    with pytest.raises(TaskError, match=r"splits\(\).val has 5 samples; an embedding task's val and test splits "
+                                        "need more than 5"):
+        preflight(Tiny(), [0.5])
+
+
+# --- the task's own loss --------------------------------------------------------------------
+
+def test_proxy_loss_is_cross_entropy_over_scaled_cosines_to_the_class_proxies():
+    loss = ProxyLoss(num_classes=2, dim=2)
+    with torch.no_grad():
+        loss.proxies.copy_(torch.tensor([[2.0, 0.0], [0.0, 1.0]]))  # lengths do not matter
+    embeddings, labels = torch.tensor([[3.0, 0.0], [1.0, 1.0]]), torch.tensor([1, 1])
+    # cosines to the proxies: (1, 0) and (1/sqrt 2, 1/sqrt 2); the second item's are equal: log 2
+    first = -math.log(math.exp(0) / (math.exp(16) + math.exp(0)))
+    assert loss(embeddings, labels).item() == pytest.approx((first + math.log(2)) / 2, rel=1e-5)
+
+
+def test_a_raw_student_learns_from_the_proxy_loss_alone(retrieval):
+    import contextlib
+
+    from kdcore.data import BatchSource
+
+    config = make_config(**{**FAST, "epochs": 3}, ratio=0.25, alpha=0.0, lr=1e-2)
+    result = train(retrieval, config)
+    torch.manual_seed(config.seed)  # the student train starts from
+    untrained = evaluate_model(retrieval, retrieval.build_student(0.25),
+                               BatchSource(retrieval.splits().val, 512, torch.device("cpu")), contextlib.nullcontext)
+    assert result.history[0].extra["kd_direct_loss"] == 0 and result.history[-1].kd_loss == 0
+    assert result.history[-1].ce_loss < result.history[0].ce_loss
+    assert result.best_val_acc > untrained.score + 0.1, untrained
+    assert math.isnan(untrained.loss)  # no proxies outside training
