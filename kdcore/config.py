@@ -36,7 +36,7 @@ class TrainConfig(BaseModel):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy term.")
     patience: int = Field(8, ge=0, description="Epochs without improvement before early stopping; 0 disables it.")
     min_delta: float = Field(0.0, ge=0, description="Smallest change of the monitored metric that counts as improvement.")
-    monitor: Literal["val_acc", "val_loss"] = Field("val_acc", description="Validation metric for early stopping and best weights.")
+    monitor: Literal["val_acc", "val_loss"] = Field("val_acc", description="Validation metric for early stopping and best weights (val_acc: the task's score, accuracy or an embedding task's Recall@1).")
     seed: int = Field(0, ge=0, description="Seed of the weights' initialisation and the batch order (repeats vary it).")
     data_seed: int = Field(0, ge=0, description="Seed of the labelled data-fraction subset (fixed for a study, so every trial sees the same labels).")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?|mps)$",

@@ -146,10 +146,9 @@ def _check_settings(task: Task, config: TrainConfig) -> None:
 
 def _check_kind_settings(task: Task, config: TrainConfig) -> None:
     """ConfigError for settings the task's kind does not read or does not support."""
-    defaults = TrainConfig()
     if task.kind != "embedding":
         changed = [f"{name}={getattr(config, name)!r}" for name in EMBEDDING_SETTINGS
-                   if getattr(config, name) != getattr(defaults, name)]
+                   if getattr(config, name) != TrainConfig.model_fields[name].default]
         if changed:
             raise ConfigError(f"{', '.join(changed)} apply to embedding tasks only, and task '{task.name}' is a "
                               f"{task.kind} task: remove them")
