@@ -14,10 +14,13 @@ from kdcore.errors import CacheError, ConfigError, KDSweepError, StopTraining, T
 
 _LAZY = {
     **dict.fromkeys(("CachedOutputs", "cache_key", "teacher_outputs"), "kdcore.cache"),
-    **dict.fromkeys(("TrainConfig", "make_config", "no_kd_twin"), "kdcore.config"),
+    **dict.fromkeys(("EMBEDDING_SETTINGS", "TrainConfig", "make_config", "no_kd_twin"), "kdcore.config"),
     **dict.fromkeys(("ArchitectureCost", "Int8Student", "architecture_cost", "architecture_key", "int8_metrics",
                      "quantize_int8"), "kdcore.cost"),
     **dict.fromkeys(("KDLoss", "kd_loss"), "kdcore.loss"),
+    **dict.fromkeys(("EmbeddingKDLoss", "ProxyLoss", "embedding_kd_loss"), "kdcore.embedding_loss"),
+    **dict.fromkeys(("Evaluation", "evaluate_model"), "kdcore.objective"),
+    "recall_at_k": "kdcore.retrieval",
     **dict.fromkeys(("PRESETS", "preset"), "kdcore.presets"),
     "preflight": "kdcore.preflight",
     **dict.fromkeys(("DEFAULT_TASK", "Splits", "Task", "TeacherSpec", "get_task", "register_task", "task_names"),
@@ -39,20 +42,24 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:
     from kdcore.cache import CachedOutputs, cache_key, teacher_outputs
-    from kdcore.config import TrainConfig, make_config, no_kd_twin
+    from kdcore.config import EMBEDDING_SETTINGS, TrainConfig, make_config, no_kd_twin
     from kdcore.cost import (ArchitectureCost, Int8Student, architecture_cost, architecture_key, int8_metrics,
                              quantize_int8)
+    from kdcore.embedding_loss import EmbeddingKDLoss, ProxyLoss, embedding_kd_loss
     from kdcore.loss import KDLoss, kd_loss
+    from kdcore.objective import Evaluation, evaluate_model
     from kdcore.preflight import preflight
     from kdcore.presets import PRESETS, preset
+    from kdcore.retrieval import recall_at_k
     from kdcore.tasks import DEFAULT_TASK, Splits, Task, TeacherSpec, get_task, register_task, task_names
     from kdcore.teacher import Teacher, load_or_train_teacher
     from kdcore.trainer import EpochResult, TeacherLogits, TrainResult, check_config, count_parameters, train
 
 __all__ = [
-    "DEFAULT_TASK", "PRESETS", "ArchitectureCost", "CacheError", "CachedOutputs", "ConfigError", "EpochResult",
-    "Int8Student", "KDLoss", "KDSweepError", "Splits", "StopTraining", "Task", "TaskError", "Teacher", "TeacherLogits",
-    "TeacherSpec", "TrainConfig", "TrainResult", "architecture_cost", "architecture_key", "cache_key", "check_config",
-    "count_parameters", "get_task", "int8_metrics", "kd_loss", "load_or_train_teacher", "make_config", "no_kd_twin",
-    "preflight", "preset", "quantize_int8", "register_task", "task_names", "teacher_outputs", "train",
+    "DEFAULT_TASK", "EMBEDDING_SETTINGS", "PRESETS", "ArchitectureCost", "CacheError", "CachedOutputs", "ConfigError",
+    "EmbeddingKDLoss", "EpochResult", "Evaluation", "Int8Student", "KDLoss", "KDSweepError", "ProxyLoss", "Splits",
+    "StopTraining", "Task", "TaskError", "Teacher", "TeacherLogits", "TeacherSpec", "TrainConfig", "TrainResult",
+    "architecture_cost", "architecture_key", "cache_key", "check_config", "count_parameters", "embedding_kd_loss",
+    "evaluate_model", "get_task", "int8_metrics", "kd_loss", "load_or_train_teacher", "make_config", "no_kd_twin",
+    "preflight", "preset", "quantize_int8", "recall_at_k", "register_task", "task_names", "teacher_outputs", "train",
 ]

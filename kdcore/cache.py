@@ -1,4 +1,5 @@
-"""Teacher-output cache: the teacher's logits for every split, computed once per teacher and data.
+"""Teacher-output cache: the teacher's logits (or, for an embedding task, its embeddings) for
+every split, computed once per teacher and data.
 
 Raw logits are stored (temperature is applied in the loss), so one cache serves every T and
 alpha of a sweep, and a trainer fed from it runs no teacher forward pass at all.
@@ -42,9 +43,13 @@ class CachedOutputs:
 
 
 def cache_key(task: Task, teacher_digest: str) -> str:
-    """Hash of the task name, the teacher's weights and a fingerprint of every split."""
+    """Hash of the task name, the teacher's weights, a fingerprint of every split and, for a task
+    that is not a classification task, its kind (so logits and embeddings never share a file; a
+    classification task's key is the one it always had)."""
     splits = task.splits()
     parts = [task.name, teacher_digest, *(fingerprint(getattr(splits, s)) for s in _split_names(splits))]
+    if task.kind != "classification":
+        parts.append(f"kind={task.kind}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
@@ -61,7 +66,8 @@ def teacher_outputs(
     splits = task.splits()
     names = _split_names(splits)
     if path.exists():
-        problem = _verify(path, key, splits, task.num_classes)
+        # Logits have one column per class; an embedding has whatever width the teacher gives.
+        problem = _verify(path, key, splits, task.num_classes if task.kind == "classification" else None)
         if problem is None:
             saved = load_safe(path)
             return CachedOutputs(TeacherLogits(*(saved[s] for s in names)), path, True, 0.0)
@@ -91,8 +97,9 @@ def _forward(teacher: nn.Module, dataset: Dataset, device: torch.device) -> torc
     return torch.cat(outputs)
 
 
-def _verify(path: Path, key: str, splits, num_classes: int) -> str | None:
-    """None when the file at ``path`` is a sound cache for ``key``, else what is wrong with it."""
+def _verify(path: Path, key: str, splits, num_classes: int | None) -> str | None:
+    """None when the file at ``path`` is a sound cache for ``key``, else what is wrong with it.
+    ``num_classes`` None (embeddings): any width, the same in every split."""
     try:
         saved = load_safe(path)
     except Exception as error:
@@ -101,9 +108,12 @@ def _verify(path: Path, key: str, splits, num_classes: int) -> str | None:
         return "made for another teacher or data"
     if not isinstance(saved.get("sha256"), dict):
         return "no checksums"
+    width = num_classes
     for split in _split_names(splits):
         tensor = saved.get(split)
-        expected = (len(getattr(splits, split)), num_classes)
+        if width is None and isinstance(tensor, torch.Tensor) and tensor.dim() == 2:
+            width = tensor.shape[1]
+        expected = (len(getattr(splits, split)), width)
         if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != expected:
             return f"{split} logits have the wrong shape"
         if tensor_digest(tensor) != saved["sha256"].get(split):

@@ -36,7 +36,7 @@ class TrainConfig(BaseModel):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy term.")
     patience: int = Field(8, ge=0, description="Epochs without improvement before early stopping; 0 disables it.")
     min_delta: float = Field(0.0, ge=0, description="Smallest change of the monitored metric that counts as improvement.")
-    monitor: Literal["val_acc", "val_loss"] = Field("val_acc", description="Validation metric for early stopping and best weights.")
+    monitor: Literal["val_acc", "val_loss"] = Field("val_acc", description="Validation metric for early stopping and best weights (val_acc: the task's score, accuracy or an embedding task's Recall@1).")
     seed: int = Field(0, ge=0, description="Seed of the weights' initialisation and the batch order (repeats vary it).")
     data_seed: int = Field(0, ge=0, description="Seed of the labelled data-fraction subset (fixed for a study, so every trial sees the same labels).")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?|mps)$",
@@ -56,6 +56,12 @@ class TrainConfig(BaseModel):
     # Online distillation (seed 003): an exponential moving average of the student as a teacher.
     ema_decay: float = Field(0.0, ge=0, lt=1, description="Decay of an EMA-of-student teacher, updated after every optimizer step (seed 003: 0.999); 0: none.")
     ema_weight: float = Field(0.5, ge=0, le=1, description="Share of the EMA teacher in the KD target when ema_decay > 0, the fixed teacher having the rest; 1: online distillation alone.")
+    # Embedding tasks (Task.kind "embedding", kdcore.embedding_loss): the KD term that alpha weighs
+    # is embed_weight * direct + relational_weight * relational; classification tasks reject them.
+    embed_loss: Literal["cosine", "mse"] = Field("cosine", description="Direct term between the student's (projected) and the teacher's embedding of each input: cosine (1 - cos) or mse (on raw vectors). Embedding tasks only.")
+    embed_weight: float = Field(1.0, ge=0, le=100, description="Weight of the direct embedding term in the KD term. Embedding tasks only.")
+    relational_weight: float = Field(1.0, ge=0, le=100, description="Weight of the relational term (KL between the softmax rows of in-batch cosine similarities) in the KD term. Embedding tasks only.")
+    relational_temperature: float = Field(0.1, ge=0.01, le=10, description="Temperature of the relational term's softmax over cosine similarities (temperature is the logits' T of classification tasks). Embedding tasks only.")
 
     @pydantic.model_validator(mode="after")
     def _check_schedules(self, info: pydantic.ValidationInfo) -> TrainConfig:
@@ -65,6 +71,9 @@ class TrainConfig(BaseModel):
         if weights is not None and (len(weights) != self.teachers or any(w < 0 for w in weights) or sum(weights) <= 0):
             raise ValueError(f"teacher_weights={list(weights)!r} is invalid (allowed: {self.teachers} weight(s) >= 0, "
                              f"one per teacher (teachers={self.teachers}), not all 0)")
+        if self.embed_weight == 0 and self.relational_weight == 0:
+            raise ValueError("embed_weight=0 and relational_weight=0 leave the embedding KD term empty (allowed: "
+                             "either > 0; for no distillation set alpha: 0)")
         for name, low, high in (("temperature", 0.05, 100), ("alpha", 0, 1)):
             kind, end, stages = (getattr(self, f"{name}_{part}") for part in ("schedule", "end", "stages"))
             if kind in ("linear", "cosine") and end is None:
@@ -92,6 +101,11 @@ class TrainConfig(BaseModel):
     def distills(self) -> bool:
         """True if some epoch's KD term has weight: alpha > 0 at any point of its schedule."""
         return any(self.kd_weights(epoch)[1] > 0 for epoch in range(1, self.epochs + 1))
+
+
+# The settings only embedding tasks read (kdcore.embedding_loss); a classification run rejects them
+# unless they keep their defaults.
+EMBEDDING_SETTINGS = ("embed_loss", "embed_weight", "relational_weight", "relational_temperature")
 
 
 def no_kd_twin(config: TrainConfig) -> TrainConfig:

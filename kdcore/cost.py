@@ -24,6 +24,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kdcore.data import BatchSource
 from kdcore.errors import ConfigError
+from kdcore.objective import evaluate_model
+from kdcore.tasks.base import Task
 from kdcore.trainer import count_parameters, evaluate
 
 # Timing is time-boxed so a sweep can afford it once per architecture: a few calls to warm up
@@ -130,13 +132,18 @@ def quantize_int8(model: nn.Module) -> Int8Student:
 
 
 def int8_metrics(student: Int8Student, val: Dataset, test: Dataset, sample: torch.Tensor, *,
-                 threads: int = 1) -> dict[str, float]:
-    """The INT8 student's size, validation and test accuracy, and CPU latency at batch 1 (with
-    ``threads`` intra-op threads, as ``architecture_cost`` measures the fp32 one)."""
+                 threads: int = 1, task: Task | None = None) -> dict[str, float]:
+    """The INT8 student's size, validation and test score, and CPU latency at batch 1 (with
+    ``threads`` intra-op threads, as ``architecture_cost`` measures the fp32 one). The score is
+    accuracy, or Recall@1 when ``task`` is an embedding task (its int8_val_acc and int8_test_acc)."""
     _check_threads(threads)
     cpu = torch.device("cpu")
-    _, val_acc = evaluate(student.model, BatchSource(val, _EVAL_BATCH, cpu), contextlib.nullcontext)
-    _, test_acc = evaluate(student.model, BatchSource(test, _EVAL_BATCH, cpu), contextlib.nullcontext)
+    if task is not None and task.kind == "embedding":
+        val_acc, test_acc = (evaluate_model(task, student.model, BatchSource(split, _EVAL_BATCH, cpu),
+                                            contextlib.nullcontext).score for split in (val, test))
+    else:
+        _, val_acc = evaluate(student.model, BatchSource(val, _EVAL_BATCH, cpu), contextlib.nullcontext)
+        _, test_acc = evaluate(student.model, BatchSource(test, _EVAL_BATCH, cpu), contextlib.nullcontext)
     one = _batch_of(sample, 1)
     with torch.inference_mode(), _intra_op_threads(threads):
         _first_forward(student.model, one)

@@ -16,9 +16,10 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from kdcore.errors import TaskError
-from kdcore.tasks.base import Splits, Task, TeacherSpec
+from kdcore.tasks.base import TASK_KINDS, Splits, Task, TeacherSpec
 
 BATCH = 4  # samples pushed through each network: enough to see the batch dimension, cheap on any task
+_RETRIEVAL_DEPTH = 5  # Recall@5 of an embedding task ranks this many other items of a split
 
 # What each task object has passed: "task" for its data and teacher, plus the student ratios.
 _PASSED: weakref.WeakKeyDictionary[Task, set[Any]] = weakref.WeakKeyDictionary()
@@ -119,6 +120,9 @@ def _check_attributes(task: Task) -> str:
     if isinstance(classes, bool) or not isinstance(classes, int) or classes < 2:
         raise TaskError(f"{label}: num_classes is {classes!r}; set an integer class attribute of 2 or more, "
                         "e.g. num_classes = 10")
+    kind = getattr(task, "kind", None)
+    if kind not in TASK_KINDS:
+        raise TaskError(f"{label}: kind is {kind!r}; set it to one of {', '.join(map(repr, TASK_KINDS))}")
     return label
 
 
@@ -138,6 +142,9 @@ def _check_splits(task: Task, label: str) -> torch.Tensor:
         size = _call(label, f"len(splits().{part})", len, dataset)
         if size == 0:
             raise TaskError(f"{label}: splits().{part} is empty; every split needs at least one sample")
+        if task.kind == "embedding" and part in ("val", "test") and size <= _RETRIEVAL_DEPTH:
+            raise TaskError(f"{label}: splits().{part} has {size} samples; an embedding task's val and test splits "
+                            f"need more than {_RETRIEVAL_DEPTH} (each item retrieves among the others for Recall@5)")
         if part == "unlabeled":
             _input(label, part, _call(label, f"splits().{part}[0]", dataset.__getitem__, 0), labelled=False)
         else:
@@ -236,8 +243,12 @@ def _check_logits(task: Task, label: str, method: str, model: nn.Module, x: torc
                                 f"{x.dtype})", error) from None
     if not isinstance(logits, torch.Tensor):
         raise TaskError(f"{label}: {method} gives {type(logits).__name__} from forward, expected a logits tensor")
-    expected = (len(x), task.num_classes)
-    if tuple(logits.shape) != expected:
+    if task.kind == "embedding":  # any width: a projection head bridges the student's and the teacher's
+        if logits.dim() != 2 or len(logits) != len(x) or logits.shape[1] < 1:
+            raise TaskError(f"{label}: {method} gives outputs of shape {tuple(logits.shape)}, expected embeddings "
+                            f"({len(x)}, D) (kind='embedding')")
+    elif tuple(logits.shape) != (len(x), task.num_classes):
+        expected = (len(x), task.num_classes)
         raise TaskError(f"{label}: {method} gives logits of shape {tuple(logits.shape)}, expected {expected} "
                         f"(num_classes={task.num_classes})")
     if not logits.dtype.is_floating_point or not torch.isfinite(logits).all():

@@ -12,7 +12,8 @@ from torch import nn
 from kdcore._files import load_safe, save_atomic, state_digest
 from kdcore.data import BatchSource, fingerprint
 from kdcore.tasks.base import PRIMARY_TEACHER, Task, TeacherSpec
-from kdcore.trainer import EpochResult, evaluate, resolve_device, train
+from kdcore.objective import evaluate_model
+from kdcore.trainer import EpochResult, resolve_device, train
 
 log = logging.getLogger("kdsweep")
 
@@ -21,7 +22,8 @@ TEACHER_FORMAT = "kdsweep.teacher/1"
 
 @dataclass
 class Teacher:
-    """A ready teacher: the module (eval mode, CPU), its accuracy and where it came from."""
+    """A ready teacher: the module (eval mode, CPU), its score and where it came from. ``test_acc``
+    and ``val_acc`` are its task's score: accuracy, or Recall@1 for an embedding task."""
 
     model: nn.Module
     test_acc: float
@@ -82,6 +84,7 @@ def _accuracy(task: Task, model: nn.Module, device: str, split: str) -> float:
 
     torch_device = resolve_device(device)
     model.to(torch_device)
-    _, acc = evaluate(model, BatchSource(getattr(task.splits(), split), 512, torch_device), contextlib.nullcontext)
+    score = evaluate_model(task, model, BatchSource(getattr(task.splits(), split), 512, torch_device),
+                           contextlib.nullcontext).score
     model.cpu()
-    return acc
+    return score

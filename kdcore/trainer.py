@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdcore.config import TrainConfig
+from kdcore.config import EMBEDDING_SETTINGS, TrainConfig
 from kdcore.data import BatchSource, fraction_indices, labels_of, left_out, take, transfer_pool
 from kdcore.errors import ConfigError, StopTraining
-from kdcore.loss import kd_loss
+from kdcore.objective import ClassificationObjective, build_objective
 from kdcore.preflight import preflight
 from kdcore.tasks.base import Task
 
@@ -28,7 +28,8 @@ _DIVERGENCE_CHECK_EVERY = 8
 
 @dataclass(frozen=True)
 class TeacherLogits:
-    """Raw teacher logits for every sample of each split, in split order (see kdcore.cache)."""
+    """Raw teacher outputs for every sample of each split, in split order (see kdcore.cache): logits,
+    or embeddings (N, D) for an embedding task."""
 
     train: torch.Tensor
     val: torch.Tensor
@@ -38,7 +39,14 @@ class TeacherLogits:
 
 @dataclass(frozen=True)
 class EpochResult:
-    """What one epoch measured; handed to the ``on_epoch`` hook."""
+    """What one epoch measured; handed to the ``on_epoch`` hook.
+
+    ``val_acc`` is the task's validation score, named by ``score_name``: accuracy ("val_acc") for a
+    classification task, Recall@1 ("recall_at_1") for an embedding task. ``ce_loss`` is the task's
+    own loss (cross-entropy, or the proxy loss of an embedding task) and ``kd_loss`` the weighted KD
+    term. ``extra`` holds the metrics only some task kinds have, by their logged names (an embedding
+    task: val_recall_at_1, val_recall_at_5, kd_direct_loss, kd_relational_loss); empty otherwise.
+    """
 
     epoch: int
     train_loss: float
@@ -52,18 +60,27 @@ class EpochResult:
     train_fraction: float = 1.0  # share of the labelled subset this epoch trained on
     temperature: float = math.nan  # this epoch's T and alpha (their schedules, kdcore.schedule)
     alpha: float = math.nan
-
+    score_name: str = "val_acc"
+    extra: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
-        """Every field but ``epoch``, ready to log with ``step=epoch``."""
+        """Every number but ``epoch``, ready to log with ``step=epoch``: the fields, then ``extra``'s."""
         values = asdict(self)
-        del values["epoch"]
-        return values
+        del values["epoch"], values["score_name"]
+        extra = values.pop("extra")
+        return {**values, **extra}
 
 
 @dataclass
 class TrainResult:
-    """Outcome of ``train``; ``state_dict`` holds the best epoch's weights."""
+    """Outcome of ``train``; ``state_dict`` holds the best epoch's weights (the student alone: an
+    embedding task's projection head and class proxies are training state, not exported).
+
+    ``best_val_acc`` and ``test_acc`` are the task's score (``score_name``: accuracy, or Recall@1 for
+    an embedding task) at the best epoch, on validation and test. ``extra`` holds the metrics only
+    some task kinds have (an embedding task: val_recall_at_1, val_recall_at_5 of the best epoch,
+    test_recall_at_1, test_recall_at_5); empty for a classification task.
+    """
 
     best_val_acc: float
     best_epoch: int
@@ -75,6 +92,8 @@ class TrainResult:
     student_size_bytes: int
     state_dict: dict[str, torch.Tensor]
     history: list[EpochResult] = field(default_factory=list)
+    score_name: str = "val_acc"
+    extra: dict[str, float] = field(default_factory=dict)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -109,6 +128,7 @@ def _check_settings(task: Task, config: TrainConfig) -> None:
         raise ConfigError(f"device={config.device!r} but CUDA is not available on this machine: use auto or cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device={config.device!r} but MPS is not available on this machine: use auto or cpu")
+    _check_kind_settings(task, config)
     if config.teachers > 1 and config.teachers > len(task.teachers()):
         names = ", ".join(spec.name for spec in task.teachers())
         raise ConfigError(f"teachers={config.teachers} is out of range for task '{task.name}': it has "
@@ -122,6 +142,21 @@ def _check_settings(task: Task, config: TrainConfig) -> None:
                 f"transfer_ratio={config.transfer_ratio:g} needs unlabelled inputs, but task '{task.name}' has no "
                 "unlabeled split and data_fraction=1 leaves no training input out: set transfer_ratio: 0, "
                 "lower data_fraction, or give the task an unlabeled split")
+
+
+def _check_kind_settings(task: Task, config: TrainConfig) -> None:
+    """ConfigError for settings the task's kind does not read or does not support."""
+    if task.kind != "embedding":
+        changed = [f"{name}={getattr(config, name)!r}" for name in EMBEDDING_SETTINGS
+                   if getattr(config, name) != TrainConfig.model_fields[name].default]
+        if changed:
+            raise ConfigError(f"{', '.join(changed)} apply to embedding tasks only, and task '{task.name}' is a "
+                              f"{task.kind} task: remove them")
+        return
+    if config.teachers > 1 or (config.ema_decay > 0 and config.distills()):
+        setting = f"teachers={config.teachers}" if config.teachers > 1 else f"ema_decay={config.ema_decay:g}"
+        raise ConfigError(f"{setting} is not supported for embedding task '{task.name}' (one fixed teacher's "
+                          "embeddings are the KD target): set teachers: 1 and ema_decay: 0")
 
 
 def _transfer_source(task: Task, config: TrainConfig, kept: torch.Tensor, cached: list[TeacherLogits],
@@ -212,18 +247,11 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return params, buffer.tell()
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, source: BatchSource, autocast: Any) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``model`` over one in-order pass of ``source``."""
-    model.eval()
-    loss_sum = torch.zeros((), device=source.device)
-    correct = torch.zeros((), device=source.device)
-    for _, x, y in source.epoch():
-        with autocast():
-            logits = model(x)
-        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(dim=-1) == y).sum()
-    return loss_sum.item() / source.size, correct.item() / source.size
+    """(mean cross-entropy, accuracy) of a classifier over one in-order pass of ``source``
+    (kdcore.objective.evaluate_model scores a model of either task kind)."""
+    result = ClassificationObjective().evaluate(model, source, autocast)
+    return result.loss, result.score
 
 
 def train(
@@ -252,6 +280,11 @@ def train(
     with ``data_seed``). With ``transfer_ratio > 0`` each batch also carries that many unlabelled
     inputs per labelled one, drawn from the transfer set, which only the KD term sees. The first
     ``low_fidelity_epochs`` epochs pass over ``low_fidelity_fraction`` of the labelled subset only.
+
+    What is optimised and scored follows ``task.kind`` (kdcore.objective): for an embedding task the
+    cached outputs are the teacher's embeddings, the loss is ``alpha`` times the embedding KD term
+    plus ``1 - alpha`` times a proxy loss, and the score (``val_acc``, ``best_val_acc``, ``test_acc``,
+    named by ``score_name``) is Recall@1, with Recall@5 in ``extra``.
     """
     online_only = config.ema_decay > 0 and config.ema_weight == 1  # the EMA teacher alone
     if teacher is None and config.distills() and not online_only:
@@ -288,7 +321,10 @@ def train(
     # Model and optimizer, seeded so a run is reproducible.
     torch.manual_seed(config.seed)
     model = (build_model or (lambda: task.build_student(config.ratio)))().to(device)
-    params = list(model.parameters())
+    # The task kind's loss and score; an embedding task's proxies and projection head train with
+    # the student but stay out of its exported weights.
+    objective = build_objective(task, config, model, ensemble or teacher, full.source).to(device)
+    params = [*model.parameters(), *objective.parameters()]
     ema = _ema_teacher(model, config) if distilling else None
     # The fused kernel steps all parameters at once: 4x faster than the default per-tensor loop
     # on CPU, which matters for small students (bench/bench_trainer.py).
@@ -305,6 +341,8 @@ def train(
              "best_state": None, "history": []}
     if resume is not None:
         model.load_state_dict(resume["model"])
+        if "objective" in resume:
+            objective.load_state_dict(resume["objective"])
         if ema is not None:
             ema.load_state_dict(resume["ema"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -317,7 +355,7 @@ def train(
         model.train()
         train_source, cached = fidelity(epoch).source, fidelity(epoch).logits  # this epoch's batches
         temperature, alpha = config.kd_weights(epoch)
-        sums = torch.zeros(3, device=device)  # total, kd, ce loss summed over samples
+        sums = torch.zeros(len(objective.parts), device=device)  # total, kd, ce (...) loss summed over samples
         seen = 0
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
         # Its own generator, so the labelled batches are the same with or without a transfer set.
@@ -342,10 +380,9 @@ def train(
                 if ema is not None:  # no cache can hold it: one more student forward per batch
                     with torch.no_grad():
                         teachers.append(ema(x))
-            loss = kd_loss(logits.float(), teachers or None, y, temperature=temperature, alpha=alpha,
-                           label_smoothing=config.label_smoothing,
-                           teacher_weights=[*shares, *([config.ema_weight] if ema is not None else [])])
-            (loss.total / config.grad_accum_steps).backward()
+            loss = objective.loss(logits.float(), teachers or None, y, temperature=temperature, alpha=alpha,
+                                  teacher_weights=[*shares, *([config.ema_weight] if ema is not None else [])])
+            (loss[0] / config.grad_accum_steps).backward()
             sums += torch.stack(loss).detach() * len(y)
             seen += len(y)
 
@@ -375,12 +412,15 @@ def train(
             break  # a partial epoch is only worth validating when nothing better exists yet
 
         # Validate, keep the best weights, and let the hook see the epoch.
-        val_loss, val_acc = evaluate(model, val_source, autocast)
+        val = objective.evaluate(model, val_source, autocast)
+        val_loss, val_acc = val.loss, val.score
         epoch_time = time.perf_counter() - epoch_start
-        train_loss, kd_part, ce_part = (sums / max(seen, 1)).tolist()
+        train_loss, kd_part, ce_part, *other_parts = (sums / max(seen, 1)).tolist()
+        extra = {**{f"val_{name}": value for name, value in val.extra.items()},
+                 **dict(zip(objective.parts[3:], other_parts))}
         result = EpochResult(epoch, train_loss, kd_part, ce_part, val_loss, val_acc,
                              optimizer.param_groups[0]["lr"], epoch_time, seen / epoch_time, fidelity(epoch).fraction,
-                             temperature, alpha)
+                             temperature, alpha, objective.score_name, extra)
         history.append(result)
         state["epoch"] = epoch
         score = val_acc if config.monitor == "val_acc" else val_loss
@@ -393,7 +433,8 @@ def train(
             state["history"] = [asdict(h) for h in history]
             # A snapshot: state_dict() tensors alias the live weights, which later epochs change.
             on_checkpoint(copy.deepcopy({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                         **({"ema": ema.state_dict()} if ema is not None else {})}))
+                                         **({"ema": ema.state_dict()} if ema is not None else {}),
+                                         **({"objective": objective.state_dict()} if task.kind == "embedding" else {})}))
         try:
             if on_epoch is not None:
                 on_epoch(result)
@@ -412,18 +453,21 @@ def train(
     # Report the best epoch's weights, scored once on the test split.
     best_state = state["best_state"] or model.state_dict()
     model.load_state_dict(best_state)
-    _, test_acc = evaluate(model, BatchSource(splits.test, config.batch_size * 4, device), autocast)
+    test = objective.evaluate(model, BatchSource(splits.test, config.batch_size * 4, device), autocast)
     params, size = count_parameters(model)
     best = next((h for h in history if h.epoch == state["best_epoch"]), None)
+    best_val = {k: v for k, v in best.extra.items() if k.startswith("val_")} if best else {}
     return TrainResult(
         best_val_acc=best.val_acc if best else 0.0,
         best_epoch=state["best_epoch"],
         epochs_run=len(history),
         stop_reason=stop_reason,
-        test_acc=test_acc,
+        test_acc=test.score,
         train_time_s=time.perf_counter() - started,
         student_params=params,
         student_size_bytes=size,
         state_dict={k: v.detach().cpu() for k, v in best_state.items()},
         history=history,
+        score_name=objective.score_name,
+        extra={**best_val, **{f"test_{name}": value for name, value in test.extra.items()}},
     )

@@ -73,7 +73,7 @@ def problem(task: kdcore.Task, ratios=(0.05, 1.0)) -> str:
     return message
 
 
-@pytest.mark.parametrize("name", ["digits", "mnist1d"])
+@pytest.mark.parametrize("name", ["digits", "mnist1d", "mnist1d-retrieval"])
 def test_built_in_tasks_pass_preflight_in_under_half_a_second(name):
     task = kdcore.get_task(name)
     task.splits()  # built once per task object (and cached), as in a run

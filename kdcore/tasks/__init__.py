@@ -11,8 +11,10 @@ from kdcore.errors import TaskError
 from kdcore.tasks.base import Splits, Task, TeacherSpec
 from kdcore.tasks.digits import DigitsTask
 from kdcore.tasks.mnist1d import MNIST1DTask
+from kdcore.tasks.mnist1d_retrieval import MNIST1DRetrievalTask
 
-_REGISTRY: dict[str, Callable[[], Task]] = {"mnist1d": MNIST1DTask, "digits": DigitsTask}
+_REGISTRY: dict[str, Callable[[], Task]] = {"mnist1d": MNIST1DTask, "digits": DigitsTask,
+                                            "mnist1d-retrieval": MNIST1DRetrievalTask}
 
 DEFAULT_TASK = "mnist1d"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 from torch.utils.data import Dataset
@@ -47,15 +47,27 @@ class TeacherSpec:
     config: TrainConfig
 
 
+TaskKind = Literal["classification", "embedding"]
+TASK_KINDS: tuple[str, ...] = ("classification", "embedding")
+
+
 class Task(abc.ABC):
-    """A classification problem with a teacher architecture and a family of students.
+    """A problem with a teacher architecture and a family of students.
 
     Subclass it, then either register it (``kdcore.register_task``) or point kdsweep at a
     zero-argument factory returning it: ``--task mypkg.mymodule:make_task``.
+
+    ``kind`` says what the models output. "classification": logits (B, num_classes), trained with
+    cross-entropy, scored by accuracy. "embedding": an embedding (B, D) of any width D (a student's
+    may differ from the teacher's: a projection head bridges them while training), trained with a
+    proxy loss over the ``num_classes`` labels (kdcore.embedding_loss.ProxyLoss), scored by
+    Recall@1 within each split (kdcore.retrieval); the labels say which items should retrieve
+    each other.
     """
 
     name: str
     num_classes: int
+    kind: TaskKind = "classification"
 
     @abc.abstractmethod
     def splits(self) -> Splits:
