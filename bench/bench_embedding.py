@@ -1,6 +1,6 @@
 """Does embedding distillation pay on mnist1d-retrieval? Test Recall@1 of the teacher, of raw students
 (the proxy loss alone, alpha 0) and of distilled ones (the task's defaults: alpha 0.7, cosine +
-relational), paired by seed, through kdcore's Python API (the CLI does not run embedding tasks yet).
+relational), paired by seed, through kdcore's Python API; `kdsweep run --task mnist1d-retrieval` searches them.
 
     python bench/bench_embedding.py                                  # seeds 0 1 2, a temporary store
     python bench/bench_embedding.py --seeds 0 1 2 3 4 --set relational_weight=0 --set embed_loss=mse

@@ -74,8 +74,10 @@ def trials(
     frame = load_trials(study, storage=storage, tracking_uri=tracking_uri, store=store)
     frame = _where.sort(_where.where(frame, where), sort)
     frame = frame.head(limit) if limit else frame
+    score = frame.attrs.get("score", "accuracy")
+    measures = "" if score == "accuracy" else f"; best_val_acc and test_acc are {score}"
     _emit(_columns(frame, columns, format), format,
-          title=f"trials of study '{study}' ({len(frame)} shown; {_HELD_OUT})")
+          title=f"trials of study '{study}' ({len(frame)} shown; {_HELD_OUT}{measures})")
 
 
 @user_errors

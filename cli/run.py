@@ -48,7 +48,7 @@ def run(
     from sweeps.search.budget import parse_budget
     from sweeps.search.fidelity import Fidelity
     from sweeps.search.objectives import LIMITS, Objective
-    from sweeps.search.space import with_task_defaults
+    from sweeps.search.space import default_space, with_task_defaults
     from sweeps.search.plan import DEFAULT_MIN_EPOCHS, DEFAULT_REPEATS, SweepPlan
     from sweeps.search.checks import check_sweep
     from sweeps.tracking.storage import default_storage_url
@@ -69,14 +69,17 @@ def run(
     pruner_given = "pruner" in options
     default_pruner = "median" if len(goal.directions) == 1 else "none"
     task_spec = options.get("task", DEFAULT_TASK)
-    fixed = with_task_defaults(options.get("space"), options.get("train", {}), get_task(task_spec).defaults())
+    the_task = get_task(task_spec)
+    # A classification study keeps space None (the default) as before; an embedding one records its own.
+    space = options.get("space", default_space(the_task.kind) if the_task.kind != "classification" else None)
+    fixed = with_task_defaults(space, options.get("train", {}), the_task.defaults())
     paths = Store.resolve(store, tracking_uri)
     plan = SweepPlan(
         study=options["study"] if "study" in options
         else folder_name(config.stem if config else task_spec.replace(":", "-")),
         task=task_spec, store_root=str(paths.root), tracking_uri=paths.tracking_uri,
         storage_url=options.get("storage") or default_storage_url(paths.root),
-        space=options.get("space"), fixed=fixed,
+        space=space, fixed=fixed,
         sampler=options.get("sampler", "tpe"), pruner=options.get("pruner", default_pruner),
         seed=options.get("seed", 0), budget_s=parse_budget(options.get("budget", DEFAULT_BUDGET)),
         started_at=started, min_epochs=options.get("min_epochs", DEFAULT_MIN_EPOCHS), n_trials=options.get("n_trials"),

@@ -28,9 +28,14 @@ def _params(params: dict) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
+def score_names(score: str) -> tuple[str, str]:
+    """The validation and test columns' labels for a study's score (accuracy, or Recall@1)."""
+    return ("val_acc", "test_acc") if score == "accuracy" else (f"val {score}", f"test {score}")
+
+
 def _status_line(s: Snapshot) -> str:
     c = s.counts
-    best = (f"best val_acc {s.best[1]:.4f} (trial {s.best[0]}: {_params(s.best[2])})" if s.best
+    best = (f"best {score_names(s.score)[0]} {s.best[1]:.4f} (trial {s.best[0]}: {_params(s.best[2])})" if s.best
             else "no finished trial yet")
     return (f"[{s.elapsed_s:.0f}s/{s.budget_s:.0f}s] {s.phase}: {c.get('COMPLETE', 0)} complete, "
             f"{c.get('PRUNED', 0)} pruned, {c.get('FAIL', 0)} failed, {c.get('RUNNING', 0)} running; {best}"
@@ -55,7 +60,7 @@ class LiveView:
         lines = [Text(f"{s.phase}: {c.get('COMPLETE', 0)} complete, {c.get('PRUNED', 0)} pruned, "
                       f"{c.get('FAIL', 0)} failed, {c.get('RUNNING', 0)} running" + (f"  ({s.note})" if s.note else ""))]
         if s.best:
-            lines.append(Text(f"best val_acc {s.best[1]:.4f}  trial {s.best[0]}: {_params(s.best[2])}"))
+            lines.append(Text(f"best {score_names(s.score)[0]} {s.best[1]:.4f}  trial {s.best[0]}: {_params(s.best[2])}"))
         for number, epoch in s.running:
             lines.append(Text(f"  trial {number}: epoch {epoch}"))
         self.live.update(Group(self.bar.get_renderable(), *lines))
@@ -91,7 +96,7 @@ def print_summary(summary: SweepSummary, store: Store, task: str, run_options: S
     """The top trials by validation accuracy, the KD verdict, and where to look next."""
     from optuna.trial import TrialState
 
-    from sweeps.query.summary import verdict_line
+    from sweeps.query.summary import comparison_line, verdict_line
 
     from sweeps.search.objectives import feasible, val_acc
 
@@ -100,7 +105,7 @@ def print_summary(summary: SweepSummary, store: Store, task: str, run_options: S
     table = Table(title=f"top trials of study '{summary.study}'")
     # A preset's override replaces a searched value, so a trial may lack a param: take the union.
     names = list(dict.fromkeys(name for t in done[:top] for name in t.params))
-    for column in ["trial", *[_SHORT.get(n, n) for n in names], "val_acc", "test_acc", "params", "train s"]:
+    for column in ["trial", *[_SHORT.get(n, n) for n in names], *score_names(summary.score), "params", "train s"]:
         table.add_column(column, justify="right", no_wrap=True)
     for t in done[:top]:
         table.add_row(str(t.number), *[_cell(t.params.get(n)) for n in names],
@@ -111,10 +116,14 @@ def print_summary(summary: SweepSummary, store: Store, task: str, run_options: S
     verdict = verdict_line(summary.comparison) if summary.comparison else \
         f"KD verdict: skipped (--repeats {summary.repeats})"
     console.print(verdict, highlight=False, soft_wrap=True, markup=False)
+    seeds = comparison_line(summary.comparison, summary.score) if summary.comparison else None
+    if seeds:
+        console.print(seeds, highlight=False, soft_wrap=True, markup=False)
     teacher = summary.comparison.get("teacher_test_acc")
     console.print(
         f"{'interrupted' if summary.interrupted else 'done'} in {summary.wall_time_s:.1f}s of a "
-        f"{summary.budget_s:.0f}s budget (teacher" + (f" test_acc {teacher:.4f}," if teacher is not None else "")
+        f"{summary.budget_s:.0f}s budget (teacher" + (f" {score_names(summary.score)[1]} {teacher:.4f},"
+                                                      if teacher is not None else "")
         + f" {summary.teacher_time_s:.1f}s; cache {summary.cache_time_s:.2f}s)",
         highlight=False, soft_wrap=True)
     for line in hints(summary, store, task, run_options):

@@ -28,7 +28,7 @@ def _help(text: str, name: str) -> str:
 
 
 TaskOpt = Annotated[Optional[str], typer.Option(
-    "--task", help="Built-in task (mnist1d, digits) or package.module:factory (default: mnist1d).")]
+    "--task", help="Built-in task (mnist1d, digits, mnist1d-retrieval) or package.module:factory (default: mnist1d).")]
 
 
 @user_errors
@@ -114,8 +114,9 @@ def _train_once(prepared, config, client, experiment_id: str, name: str) -> None
         run = train_logged(prepared, config, logger, on_epoch=progress.update)
     logger.finish()
     m = run.metrics
+    score = "test_acc" if prepared.task.kind != "embedding" else "test Recall@1"
     console.print(
-        f"student: test_acc {m['test_acc']:.4f}, retention {m['retention']:.3f} of the teacher, "
+        f"student: {score} {m['test_acc']:.4f}, retention {m['retention']:.3f} of the teacher, "
         f"{int(m['student_params'])} params, best epoch {run.result.best_epoch}/{run.result.epochs_run} "
         f"({run.result.stop_reason}), {m['train_time_s']:.1f}s; MLflow run {run.run_id}",
         highlight=False, soft_wrap=True)
@@ -126,7 +127,8 @@ def _judge(prepared, config, repeats: int, client, experiment_id: str, name: str
     children of one parent run that holds the verdict (the same numbers a sweep's parent holds)."""
     import threading
 
-    from sweeps.query.summary import verdict_line
+    from sweeps.query.summary import comparison_line, verdict_line
+    from sweeps.search.objectives import score_label
     from sweeps.tracking.logged_run import run_params
     from sweeps.tracking.run_logger import RunLogger
     from sweeps.verdict.paired import incomplete_verdict
@@ -152,6 +154,9 @@ def _judge(prepared, config, repeats: int, client, experiment_id: str, name: str
         accuracy = f"test_acc {run['test_acc']:.4f}" if run["test_acc"] is not None else run["stop_reason"]
         console.print(f"  pair {run['repeat']} {run['arm']:>4} (seed {run['seed']}): {accuracy}", highlight=False)
     console.print(verdict_line(verdict), highlight=False, soft_wrap=True, markup=False)
+    seeds = comparison_line(verdict, score_label(prepared.task.kind))
+    if seeds:
+        console.print(seeds, highlight=False, soft_wrap=True, markup=False)
     console.print(f"teacher test_acc {prepared.teacher.test_acc:.4f}; verdict run {parent.run_id}",
                   highlight=False, soft_wrap=True)
 

@@ -7,11 +7,12 @@
     print(verdict_line(comparison("digits")))           # does KD pay? gain, 95% CI, paired seeds
     export_student("digits", "student.pt2", int8=True)  # loads with torch.export.load alone
 
-Selection is on validation accuracy only; test_acc is the chosen trial's held-out estimate.
+Selection is on validation only; test_acc is the chosen trial's held-out estimate. The *_acc numbers
+hold the task's score: accuracy, or Recall@1 for an embedding task (the study's ``kdsweep.score``).
 """
 
 from sweeps.export import export_student
-from sweeps.query.summary import compare, comparison, studies, verdict_line
+from sweeps.query.summary import compare, comparison, comparison_line, studies, verdict_line
 from sweeps.query.trials import best, load_student, pareto, trials, update_pareto_tags, where
 from sweeps.report.html import write_report
 
@@ -19,6 +20,7 @@ __all__ = [
     "best",
     "compare",
     "comparison",
+    "comparison_line",
     "export_student",
     "load_student",
     "pareto",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-_FOUR_DECIMALS = ("acc", "retention")
+_FOUR_DECIMALS = ("acc", "retention", "recall")
 _COUNTS = ("epochs_run", "number", "best_trial", "kd_repeats")
 _TWO_DECIMALS = ("_s",)
 

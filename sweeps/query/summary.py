@@ -154,6 +154,20 @@ def verdict_line(table: dict[str, Any]) -> str:
     return line + (f"; {', '.join(means)} (test means)" if means else "")
 
 
+def comparison_line(table: dict[str, Any], score: str = "accuracy") -> str | None:
+    """The seeds' comparison of a complete verdict on one line: teacher, student without KD,
+    distilled student (test means over the paired seeds), retention and uplift with its interval,
+    e.g. ``test Recall@1: teacher 0.944, no-KD 0.838, distilled 0.893 (retention 94.6%); uplift
+    +0.054 (95% CI ...)``. None for an incomplete or missing verdict: nothing cut short is shown."""
+    needed = ("teacher_test_acc", "nokd_test_acc", "distilled_test_acc", "kd_gain")
+    if table.get("kd_verdict") in (None, INCOMPLETE) or not all(key in table for key in needed):
+        return None
+    teacher, distilled = table["teacher_test_acc"], table["distilled_test_acc"]
+    retention = f" (retention {distilled / teacher:.1%})" if teacher else ""
+    return (f"test {score}: teacher {teacher:.3f}, no-KD {table['nokd_test_acc']:.3f}, distilled {distilled:.3f}"
+            f"{retention}; uplift {gain_interval(table)}")
+
+
 def compare(study_a: str, study_b: str, *, storage: str | None = None, tracking_uri: str | None = None,
             store: str | Path | None = None) -> pd.DataFrame:
     """Two studies side by side: one row per quantity (counts, the best trial by best_val_acc with its

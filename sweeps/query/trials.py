@@ -27,7 +27,7 @@ from sweeps.query import _study_sql, _where
 from sweeps.query._runs import ExperimentRuns, experiment_runs
 from sweeps.query._columns import TrialColumns, from_frozen
 # Selection uses validation accuracy only; test accuracy is the held-out estimate of what was chosen.
-from sweeps.search.objectives import SELECTION_METRIC
+from sweeps.search.objectives import SCORE_ATTR, SELECTION_METRIC
 from sweeps.tracking.storage import StoreDamagedError, default_storage_url, display_url, open_storage
 from sweeps.tracking.store import Store, check_storage_path
 
@@ -54,9 +54,11 @@ _ATTR_DTYPES = {
 _FROM_MLFLOW = ("best_val_acc", "test_acc", "retention", "val_retention", "student_params", "student_size_bytes",
                 "student_flops", "latency_ms_b1", "latency_ms_b256", "int8_size_bytes", "int8_val_acc",
                 "int8_test_acc", "int8_latency_ms_b1", "train_time_s", "epochs_run")
+# An embedding task's Recall@5 (its best_val_acc and test_acc are Recall@1): columns only in its frames.
+_SCORE_EXTRAS = ("val_recall_at_5", "test_recall_at_5")
 _STRING_COLUMNS = ("state", "stop_reason", "run_status", "mlflow_run_id", "checkpoint_uri")
 # What the frame reads of a trial's attrs and of its run's tags (the rest of both stay unread).
-_TRIAL_ATTRS = (*_ATTR_DTYPES, "stop_reason", "mlflow_run_id", "checkpoint_uri")
+_TRIAL_ATTRS = (*_ATTR_DTYPES, *_SCORE_EXTRAS, "stop_reason", "mlflow_run_id", "checkpoint_uri")
 _RUN_TAGS = ("stop_reason", "optuna.trial_number", "kdsweep.kind")
 _PARETO_BLOCK = 256  # rows compared with all others at once: 256 x 10,000 booleans a time
 # Metrics where smaller is better, for ``best(..., direction=None)``.
@@ -181,12 +183,18 @@ def trial_frame(study: TrialColumns | optuna.Study, runs: ExperimentRuns) -> pd.
     dtypes = {"number": "int64", **study.param_dtypes, **_ATTR_DTYPES, "feasible": "bool", "duration_s": "float64",
               **{c: "string" for c in _STRING_COLUMNS}}
     frame = frame.astype(dtypes)
+    extras = [name for name in _SCORE_EXTRAS if attrs[name].notna().any()]
+    for name in extras:
+        frame[name] = pd.to_numeric(attrs[name], errors="coerce").astype("float64")
     maximize, minimize = study_objectives(study)
     frame["pareto"] = frame["number"].isin(pareto(frame, maximize, minimize)["number"])
-    columns = ["number", "state", *study.param_dtypes, *_ATTR_DTYPES, "feasible",
-               "stop_reason", "pareto", "run_status", "started", "duration_s", "mlflow_run_id", "checkpoint_uri"]
+    scores = ["best_val_acc", "test_acc", *extras]
+    columns = ["number", "state", *study.param_dtypes, *scores, *[c for c in _ATTR_DTYPES if c not in scores],
+               "feasible", "stop_reason", "pareto", "run_status", "started", "duration_s", "mlflow_run_id",
+               "checkpoint_uri"]
     frame = frame[columns].reset_index(drop=True)
-    frame.attrs.update(maximize=maximize, minimize=minimize)  # the study's front, for pareto/best --cheapest
+    # The study's front, for pareto/best --cheapest; what best_val_acc and test_acc measure.
+    frame.attrs.update(maximize=maximize, minimize=minimize, score=study.user_attrs.get(SCORE_ATTR, "accuracy"))
     return frame
 
 

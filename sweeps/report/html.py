@@ -155,11 +155,15 @@ def _page(study: optuna.Study, frame: pd.DataFrame, runs: ExperimentRuns, table:
              ("search space", "; ".join(f"{k}: {v}" for k, v in space.items())),
              ("time in trials",
               f"{frame['duration_s'].sum():.1f} s" + (f" (last sweep: {wall:.1f} s wall)" if wall else "")),
+             *([("score", f"{frame.attrs['score']}: every accuracy in this report (validation, test, the "
+                             "columns named *_acc) is the task's score, its Recall@1")]
+               if frame.attrs.get("score", "accuracy") != "accuracy" else []),
              ("MLflow experiment", f"{study.study_name} (id {runs.experiment_id})" if runs.experiment_id else "none"),
              ("generated", datetime.datetime.now().isoformat(sep=" ", timespec="seconds"))]
     params = [c for c in _plots.searched_params(study) if c in frame.columns]
     costs = list(frame.attrs.get("minimize", ()))
-    columns = list(dict.fromkeys(["number", *params, "best_val_acc", "test_acc", "retention", "student_params",
+    extras = [c for c in ("val_recall_at_5", "test_recall_at_5") if c in frame.columns]
+    columns = list(dict.fromkeys(["number", *params, "best_val_acc", "test_acc", *extras, "retention", "student_params",
                                   *costs, "train_time_s", "epochs_run", "stop_reason"]))
     front = frame[frame["pareto"].to_numpy()].sort_values(costs[0] if costs else "student_params")
     against = ", ".join(_COST_WORDS.get(c, c) for c in costs)

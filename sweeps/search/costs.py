@@ -54,7 +54,8 @@ def int8_costs(prepared: Prepared, config: TrainConfig, result: TrainResult) -> 
     model.load_state_dict(result.state_dict)
     student = quantize_int8(model)
     splits = prepared.task.splits()
-    metrics = int8_metrics(student, splits.val, splits.test, _sample(prepared), threads=LATENCY_THREADS)
+    metrics = int8_metrics(student, splits.val, splits.test, _sample(prepared), threads=LATENCY_THREADS,
+                           task=prepared.task)
     return metrics, {"int8_method": student.method, "int8_layers": ",".join(student.layers) or "none"}
 
 

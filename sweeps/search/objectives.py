@@ -127,6 +127,15 @@ def feasible(trial: optuna.trial.FrozenTrial | optuna.Trial) -> bool:
     return all(v <= 0 for v in trial.constraints.values())
 
 
+SCORE_ATTR = "kdsweep.score"  # the study's: what its *_acc numbers measure
+
+
+def score_label(kind: str) -> str:
+    """What a task's score measures (best_val_acc, test_acc, retention and int8_*_acc hold it):
+    accuracy, or Recall@1 for an embedding task (kdcore.objective)."""
+    return "Recall@1" if kind == "embedding" else "accuracy"
+
+
 def val_acc(trial: optuna.trial.FrozenTrial) -> float | None:
     """The trial's best validation accuracy: its (first) objective value, for one or two objectives."""
     return trial.values[0] if trial.values else None

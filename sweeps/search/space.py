@@ -26,7 +26,18 @@ DEFAULT_SPACE: dict[str, Any] = {
     "ratio": {"low": 0.05, "high": 1.0, "log": True},
     "lr": {"low": 1e-4, "high": 3e-2, "log": True},
 }
+# An embedding task's default: its KD temperature is the relational term's, on cosine similarities
+# (kdcore.embedding_loss), so it is searched over cosine scales, not logit ones.
+EMBEDDING_SPACE: dict[str, Any] = {
+    "relational_temperature": {"low": 0.02, "high": 1.0, "log": True},
+    **{k: v for k, v in DEFAULT_SPACE.items() if k != "temperature"},
+}
 _RANGE_KEYS = {"low", "high", "log", "step"}
+
+
+def default_space(kind: str) -> dict[str, Any]:
+    """What a sweep searches when its file gives no ``space``, by the task's kind."""
+    return EMBEDDING_SPACE if kind == "embedding" else DEFAULT_SPACE
 
 
 def with_task_defaults(space: dict[str, Any] | None, fixed: dict[str, Any],

@@ -31,7 +31,7 @@ from sweeps.search import overrides
 from sweeps.search.join import (PLAN_ATTR, joined_trials_running, plan_record, publish_window,
                                  wait_for_joined_trials, window_until)
 from sweeps.search.leases import REAP_EVERY_S, close_orphan_runs, reap_stale_trials
-from sweeps.search.objectives import val_acc
+from sweeps.search.objectives import SCORE_ATTR, score_label, val_acc
 from sweeps.search.plan import DEFAULT_REPEATS, SweepPlan
 from sweeps.search.space import SearchSpace
 from sweeps.search.worker import Interrupt, ctrl_c_sets, process_main, work
@@ -76,6 +76,7 @@ class Snapshot:
     running: list[tuple[int, int]] = field(default_factory=list)  # (trial number, epoch)
     best: tuple[int, float, dict[str, Any]] | None = None
     note: str = ""
+    score: str = "accuracy"  # what best's number measures (sweeps.search.objectives.score_label)
 
 
 class SweepView(Protocol):
@@ -97,6 +98,7 @@ class SweepSummary:
     comparison: dict[str, Any]  # the KD verdict (comparison.json); {} when --repeats 0 skipped it
     interrupted: bool
     repeats: int = DEFAULT_REPEATS
+    score: str = "accuracy"  # what the trials' and the verdict's *_acc numbers measure
 
 
 def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False,
@@ -126,6 +128,7 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
     if plan.objective.cost_column:
         study.set_user_attr("kdsweep.cost", plan.objective.cost_column)
     study.set_user_attr("kdsweep.task", plan.task)
+    study.set_user_attr(SCORE_ATTR, score_label(prepared.task.kind))
     invocation = int(study.user_attrs.get("kdsweep.invocations", 0)) + 1
     study.set_user_attr("kdsweep.invocations", invocation)
     plan = replace(plan, experiment_id=experiment_id, parent_run_id=parent.run_id, invocation=uuid.uuid4().hex)
@@ -169,7 +172,7 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
         raise SweepFailed(failure)
     return SweepSummary(plan.study, experiment_id, parent.run_id, display_url(plan.storage_url), plan.tracking_uri, wall,
                         plan.budget_s, teacher_time, prepared.outputs.build_time_s, trials, comparison,
-                        interrupted.is_set(), plan.repeats)
+                        interrupted.is_set(), plan.repeats, score_label(prepared.task.kind))
 
 
 def _open_parent_run(client: MlflowClient, experiment_id: str, plan: SweepPlan, space: SearchSpace,
@@ -383,7 +386,8 @@ def _snapshot(study: optuna.Study, plan: SweepPlan, phase: str, note: str = "") 
     return Snapshot(
         phase, time.time() - plan.started_at, plan.budget_s, _counts(trials),
         [(t.number, int(t.user_attrs.get("epoch", 0))) for t in trials if t.state == TrialState.RUNNING],
-        (best.number, val_acc(best), best.params) if best else None, note)
+        (best.number, val_acc(best), best.params) if best else None, note,
+        study.user_attrs.get(SCORE_ATTR, "accuracy"))
 
 
 def _verdict(study: optuna.Study, plan: SweepPlan, space: SearchSpace, prepared: Prepared, client: MlflowClient,

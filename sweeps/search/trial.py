@@ -185,6 +185,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, plan: SweepPlan, prepar
         "epochs_run": result.epochs_run,
         "epoch_time_s": statistics.mean(epoch_times) if epoch_times else 0.0,
         "checkpoint_uri": run.checkpoint_uri,
+        **result.extra,  # an embedding task's Recall@1 and @5 on validation and test
         **({VALUES_ATTR: plan.objective.values(outcome)} if state == "COMPLETE" else {}),
     }.items():
         trial.set_user_attr(key, value)

@@ -50,6 +50,7 @@ def final_metrics(result: TrainResult, teacher_test_acc: float) -> dict[str, flo
         "student_size_bytes": float(result.student_size_bytes),
         "best_epoch": float(result.best_epoch),
         "epochs_run": float(result.epochs_run),
+        **result.extra,  # an embedding task's Recall@1 and @5 on validation and test
     }
 
 
