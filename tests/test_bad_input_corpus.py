@@ -234,6 +234,17 @@ CASES: dict[str, Case] = {
     "file-lr-inf": Case(RUN_FILE, ("lr=inf", "finite"), config="task: digits\ntrain: {lr: .inf}\n"),
     "file-space-not-a-mapping": Case(RUN_FILE, ("space",), config="task: digits\nspace: [1, 2]\n"),
     "file-repeats-one": Case(RUN_FILE, ("--repeats 1",), config="task: digits\nrepeats: 1\n"),
+    # ---- embedding tasks (seed 003's Recall@1 students) -------------------------------------------------
+    "file-embedding-setting-on-classification": Case(
+        RUN_FILE, ("relational_weight=0.5", "embedding tasks only"), config="task: digits\ntrain: {relational_weight: 0.5}\n"),
+    "file-embedding-two-teachers": Case(
+        RUN_FILE, ("teachers=2", "not supported for embedding task"),
+        config="task: mnist1d-retrieval\ntrain: {teachers: 2}\n"),
+    "file-embedding-loss-unknown": Case(
+        RUN_FILE, ("embed_loss", "l1"), config="task: mnist1d-retrieval\nspace: {embed_loss: [cosine, l1]}\n"),
+    "file-embedding-both-weights-zero": Case(
+        RUN_FILE, ("embed_weight", "relational_weight"),
+        config="task: mnist1d-retrieval\ntrain: {embed_weight: 0, relational_weight: 0}\n"),
     # ---- run: an existing store ------------------------------------------------------------------------
     "run-resume-with-another-objective": Case(
         (*RUN, "--study", "{study}", "--objective", "pareto"), ("was run with objective 'accuracy'",), store="swept"),
