@@ -10,6 +10,7 @@ files. (The verdict's maths and its cut cases: tests/test_verdict.py.)
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -394,6 +395,30 @@ def test_a_reaped_preset_trial_is_re_enqueued_with_its_overrides():
     assert reap_stale_trials(study, None) == [trial.number]
     [again] = [t for t in study.trials if t.state.name == "WAITING"]
     assert again.user_attrs[OVERRIDES_ATTR] == {"epochs": 20} and again.user_attrs[PRESET_ATTR] == "fast"
+
+
+def test_a_live_holder_here_with_a_stale_heartbeat_is_reaped_only_if_it_stays_silent(monkeypatch):
+    # Ctrl-Z then fg, or a laptop waking: the process is alive, its heartbeat minutes old for a
+    # moment. Reaping it then would re-run a trial still training; a hung holder stays silent.
+    import os
+
+    import optuna
+
+    from sweeps.search import leases
+    from sweeps.search.leases import LEASE_ATTR, UNCHANGED_S, host_id, reap_stale_trials
+
+    study = optuna.create_study()
+    trial = study.ask()
+    beat = time.time() - 600
+    trial.set_user_attr(LEASE_ATTR, {"host": host_id(), "pid": os.getpid(), "heartbeat": beat})
+    assert reap_stale_trials(study, None) == []
+    assert reap_stale_trials(study, None) == []  # silent, but not yet for long
+    leases._watched[(trial._trial_id, beat)] -= UNCHANGED_S + 1  # as if watched that long
+    assert reap_stale_trials(study, None) == [trial.number]
+    # A holder here whose process is gone is reaped at once, heartbeat fresh or not.
+    dead = study.ask()
+    dead.set_user_attr(LEASE_ATTR, {"host": host_id(), "pid": 2 ** 22 + 12345, "heartbeat": time.time()})
+    assert reap_stale_trials(study, None) == [dead.number]
 
 
 @dataclass

@@ -123,12 +123,16 @@ def _holder_is_gone(trial: optuna.trial.FrozenTrial, stale_after_s: float, now: 
         # A server storage may hold trials asked on another host, whose clock set datetime_start.
         first_seen = _watched.setdefault((trial._trial_id, 0.0), time.monotonic())
         return not hosts_share or time.monotonic() - first_seen >= UNLEASED_STALE_S
-    if lease["host"] == host_id():
-        return not _pid_alive(lease["pid"]) or now - lease["heartbeat"] > stale_after_s
+    here = lease["host"] == host_id()
+    if here and not _pid_alive(lease["pid"]):
+        return True
     if now - lease["heartbeat"] <= stale_after_s:
         return False
+    # Silent but maybe alive: hung, or stopped and just resumed (Ctrl-Z then fg, a laptop waking up:
+    # its heartbeat thread has not caught up yet), or on a host whose clock runs behind. Only a
+    # heartbeat that stays unchanged while this reaper watches it counts as a lost holder.
     first_seen = _watched.setdefault((trial._trial_id, lease["heartbeat"]), time.monotonic())
-    return not hosts_share or time.monotonic() - first_seen >= UNCHANGED_S
+    return not (hosts_share or here) or time.monotonic() - first_seen >= UNCHANGED_S
 
 
 def _served(study: optuna.Study) -> bool:
