@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from rich.console import Group
+from rich.console import Console, Group
 from rich.live import Live
+from rich.measure import Measurement
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
 
 _PLAIN_EVERY_S = 10.0
 _SHORT = {"temperature": "T", "batch_size": "batch", "data_fraction": "data", "weight_decay": "wd",
-          "label_smoothing": "smooth", "grad_accum_steps": "accum"}
+          "label_smoothing": "smooth", "grad_accum_steps": "accum", "relational_temperature": "rel T",
+          "relational_weight": "rel w", "embed_loss": "embed", "embed_weight": "embed w"}
 
 
 def _params(params: dict) -> str:
@@ -111,8 +113,11 @@ def print_summary(summary: SweepSummary, store: Store, task: str, run_options: S
         table.add_row(str(t.number), *[_cell(t.params.get(n)) for n in names],
                       f"{val_acc(t):.4f}", f"{t.user_attrs.get('test_acc', float('nan')):.4f}",
                       str(t.user_attrs.get("student_params", "")), f"{t.user_attrs.get('train_time_s', 0):.1f}")
-    # Off a terminal Rich assumes 80 columns and would squeeze the headers; logs can be wider.
-    console.print(table, width=None if console.is_terminal else max(console.width, 120))
+    if console.is_terminal:
+        console.print(table)
+    else:  # Rich assumes 80 columns off a terminal and squeezes columns to nothing; logs can be wide
+        needed = Measurement.get(console, console.options.update(width=10_000), table).maximum
+        Console(file=console.file, width=max(console.width, needed)).print(table)
     verdict = verdict_line(summary.comparison) if summary.comparison else \
         f"KD verdict: skipped (--repeats {summary.repeats})"
     console.print(verdict, highlight=False, soft_wrap=True, markup=False)
