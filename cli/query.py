@@ -7,19 +7,14 @@ estimate. ``best`` ends with the study's KD verdict, written by ``sweeps.verdict
 from __future__ import annotations
 
 import enum
-import functools
-import gc
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from cli._common import console, user_errors
 from cli.train import StoreOpt, TrackingOpt
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,23 +45,6 @@ _TABLE_COLUMNS = ["number", "state", "best_val_acc", "test_acc", "retention", "s
 _HELD_OUT = "test_acc: the held-out estimate; selection uses best_val_acc"
 
 
-def _no_cycle_collection(command: F) -> F:
-    """Run a query command with Python's cyclic garbage collector off. Reading a study allocates
-    about a million small objects (rows, records, cells) and leaves no cycles worth collecting in
-    a process that ends right after; the collector's passes over them were 0.2 s of the 1.7 s
-    ``kdsweep trials`` took on 10,000 trials (bench/bench_query_server.py)."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        gc.disable()
-        try:
-            return command(*args, **kwargs)
-        finally:
-            gc.enable()
-
-    return wrapper  # type: ignore[return-value]
-
-
 @user_errors
 def studies(store: StoreOpt = None, tracking_uri: TrackingOpt = None, storage: StorageOpt = None,
             format: FormatOpt = Format.table) -> None:
@@ -78,7 +56,6 @@ def studies(store: StoreOpt = None, tracking_uri: TrackingOpt = None, storage: S
 
 
 @user_errors
-@_no_cycle_collection
 def trials(
     study: StudyArg,
     where: WhereOpt = None,
@@ -104,7 +81,6 @@ def trials(
 
 
 @user_errors
-@_no_cycle_collection
 def best(
     study: StudyArg,
     metric: Annotated[str, typer.Option("--metric", "-m", help="Column to optimise; costs (train_time_s, student_params, ...) are minimised. Choosing by test_acc makes its test_acc an optimistic estimate.")] = "best_val_acc",
@@ -161,7 +137,6 @@ def best(
 
 
 @user_errors
-@_no_cycle_collection
 def pareto(
     study: StudyArg,
     maximize: Annotated[str, typer.Option(help="Comma-separated columns to maximise (validation accuracy by default: choosing on test_acc makes it an optimistic estimate).")] = "best_val_acc",
