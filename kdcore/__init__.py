@@ -17,6 +17,7 @@ _LAZY = {
     **dict.fromkeys(("EMBEDDING_SETTINGS", "TrainConfig", "make_config", "no_kd_twin"), "kdcore.config"),
     **dict.fromkeys(("ArchitectureCost", "Int8Student", "architecture_cost", "architecture_key", "int8_metrics",
                      "quantize_int8"), "kdcore.cost"),
+    **dict.fromkeys(("FederatedResult", "RoundResult", "fed_avg", "federate", "partition"), "kdcore.federated"),
     **dict.fromkeys(("KDLoss", "kd_loss"), "kdcore.loss"),
     **dict.fromkeys(("EmbeddingKDLoss", "ProxyLoss", "embedding_kd_loss"), "kdcore.embedding_loss"),
     **dict.fromkeys(("Evaluation", "evaluate_model"), "kdcore.objective"),
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from kdcore.cost import (ArchitectureCost, Int8Student, architecture_cost, architecture_key, int8_metrics,
                              quantize_int8)
     from kdcore.embedding_loss import EmbeddingKDLoss, ProxyLoss, embedding_kd_loss
+    from kdcore.federated import FederatedResult, RoundResult, fed_avg, federate, partition
     from kdcore.loss import KDLoss, kd_loss
     from kdcore.objective import Evaluation, evaluate_model
     from kdcore.preflight import preflight
@@ -57,7 +59,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_TASK", "EMBEDDING_SETTINGS", "PRESETS", "ArchitectureCost", "CacheError", "CachedOutputs", "ConfigError",
-    "EmbeddingKDLoss", "EpochResult", "Evaluation", "Int8Student", "KDLoss", "KDSweepError", "ProxyLoss", "Splits",
+    "EmbeddingKDLoss", "EpochResult", "Evaluation", "FederatedResult", "RoundResult", "fed_avg", "federate",
+    "partition", "Int8Student", "KDLoss", "KDSweepError", "ProxyLoss", "Splits",
     "StopTraining", "Task", "TaskError", "Teacher", "TeacherLogits", "TeacherSpec", "TrainConfig", "TrainResult",
     "architecture_cost", "architecture_key", "cache_key", "check_config", "count_parameters", "embedding_kd_loss",
     "evaluate_model", "get_task", "int8_metrics", "kd_loss", "load_or_train_teacher", "make_config", "no_kd_twin",
