@@ -9,6 +9,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from cli import export as export_commands
+from cli import federate as federate_commands
 from cli import query as query_commands
 from cli import run as run_commands
 from cli import train as train_commands
@@ -125,6 +126,7 @@ app.command(cls=OneLineCommand, rich_help_panel="Query")(query_commands.compare)
 app.command(cls=OneLineCommand, rich_help_panel="Query")(query_commands.report)
 app.command(cls=OneLineCommand, rich_help_panel="Query")(query_commands.ui)
 app.command(cls=OneLineCommand, rich_help_panel="Query")(export_commands.export)
+app.command(cls=OneLineCommand, rich_help_panel="After the search")(federate_commands.federate)
 
 if __name__ == "__main__":
     app()

@@ -106,7 +106,8 @@ def train_logged(
                        **train_options)
         metrics = final_metrics(result, prepared.teacher.test_acc)
         logger.log_metrics(metrics, tags={"stop_reason": result.stop_reason})
-        checkpoint = student_checkpoint(prepared.task_spec, prepared.task.num_classes, config, result, metrics)
+        checkpoint = student_checkpoint(prepared.task_spec, prepared.task.num_classes, config, result.state_dict,
+                                        metrics)
         uri = logger.log_checkpoint(checkpoint)
     except KeyboardInterrupt:
         logger.finish("KILLED")

@@ -24,7 +24,7 @@ CHECKPOINT_FILE = "student.pt"
 _FLUSH_EVERY_S = 1.0
 
 
-def student_checkpoint(task_spec: str, num_classes: int, config: TrainConfig, result: TrainResult,
+def student_checkpoint(task_spec: str, num_classes: int, config: TrainConfig, state_dict: dict[str, Any],
                        metrics: dict[str, float]) -> dict[str, Any]:
     """The checkpoint dict: weights plus what rebuilds the student (``task.build_student(ratio)``)."""
     return {
@@ -33,7 +33,7 @@ def student_checkpoint(task_spec: str, num_classes: int, config: TrainConfig, re
         "num_classes": num_classes,
         "ratio": config.ratio,
         "config": config.model_dump(),
-        "state_dict": result.state_dict,
+        "state_dict": state_dict,
         "metrics": metrics,
     }
 
@@ -87,6 +87,14 @@ class RunLogger:
         self._pending += [Metric(name, float(value), now, epoch.epoch) for name, value in epoch.metrics().items()]
         if time.monotonic() - self._last_flush >= self.flush_every_s:
             self.flush()
+
+    def log_step(self, metrics: dict[str, float], step: int) -> None:
+        """Log ``metrics`` at ``step`` (a federated round, say) at once."""
+        from mlflow.entities import Metric
+
+        self.flush()
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
     def flush(self) -> None:
         """Send the epochs logged since the last flush."""

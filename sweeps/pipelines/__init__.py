@@ -1,0 +1,1 @@
+"""What follows a sweep: seed 004's federated stage (``federate``)."""

@@ -1,0 +1,174 @@
+"""`kdsweep federate`: seed 004's last stage after a sweep. A trial's distilled student (default:
+the study's best by validation) is trained on by simulated edge clients with FedAvg
+(``kdcore.federated``), each on its shard of the training split with its shard's cached teacher
+logits, and the global model is scored after every round.
+
+Everything goes to one MLflow run of the study's experiment (tag ``kdsweep.kind = federate``,
+child of the study's run): the settings as params, each round's global and per-client validation
+accuracy at step = round, the final test accuracy beside the trial's, the teacher's and the KD
+verdict's no-KD and distilled means (seed 004's table), and the federated student as a
+checkpoint ``kdsweep export``-style loaders read. A round checkpoint in the store lets an
+interrupted run resume: the same command continues it from its last finished round.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdcore import ConfigError
+
+FEDERATE_KIND = "federate"
+_FOLDER = "federated"  # in the store: round checkpoints of unfinished runs
+
+
+@dataclass(frozen=True)
+class Federated:
+    """What a federated run gave: test accuracies of seed 004's table (None where the study has no
+    complete verdict) and the MLflow run."""
+
+    study: str
+    trial: int
+    run_id: str
+    rounds: int
+    resumed_after: int  # rounds already done when this call started (0: a new run)
+    test_acc: float  # KD + federated
+    trial_test_acc: float  # the distilled student it started from
+    teacher_test_acc: float
+    nokd_test_acc: float | None = None  # the verdict's paired means, when complete
+    distilled_test_acc: float | None = None
+    history: list[Any] = field(default_factory=list)
+
+
+def federate_trial(study: str, *, trial: int | None = None, clients: int = 4, rounds: int = 20,
+                   local_epochs: int = 1, partition: str = "iid", seed: int = 0, storage: str | None = None,
+                   tracking_uri: str | None = None, store: str | Path | None = None,
+                   on_round: Callable[[Any], None] | None = None) -> Federated:
+    """Run (or resume) FedAvg from trial ``trial``'s student of ``study``; see the module docstring.
+    Every setting is checked before anything is written."""
+    import torch
+
+    from kdcore import get_task
+    from kdcore.data import labels_of
+    from kdcore.federated import federate, partition as deal
+    from sweeps.query.summary import comparison
+    from sweeps.query.trials import Sources, best, load_student, trials
+    from sweeps.search.join import joined_plan
+    from sweeps.search.overrides import trial_config
+    from sweeps.tracking.logged_run import prepare
+    from sweeps.tracking.run_logger import RunLogger, student_checkpoint
+
+    if rounds < 1 or local_epochs < 1:
+        raise ConfigError(f"--rounds {rounds} and --local-epochs {local_epochs} must each be at least 1")
+    sources = Sources.resolve(storage, tracking_uri, store)
+    opened = sources.study(study)
+    frame = trials(study, storage=storage, tracking_uri=tracking_uri, store=store)
+    row = best(frame) if trial is None else _row(frame, study, trial)
+    number = int(row["number"])
+    plan = joined_plan(opened, store_root=sources.store.root, tracking_uri=sources.store.tracking_uri,
+                       storage_url=sources.storage_url, budget_s=1.0, started_at=time.time(), n_trials=None,
+                       invocation=FEDERATE_KIND)
+    config = trial_config(plan.search_space(), opened.trials[number])
+    task_spec = opened.user_attrs["kdsweep.task"]
+    shards = deal(labels_of(get_task(task_spec).splits().train), clients, partition, seed=seed)
+    model = load_student(study, number, storage=storage, tracking_uri=tracking_uri, store=store)
+    prepared = prepare(task_spec, sources.store, device=config.device)
+
+    client = sources.store.client()
+    settings = {"trial": number, "clients": clients, "local_epochs": local_epochs, "partition": partition,
+                "seed": seed}
+    found = _unfinished(client, study, settings, sources.store.root)
+    resume = None
+    if found is not None:
+        logger, checkpoint_path = RunLogger(client, found), _checkpoint_path(sources.store.root, found)
+        resume = torch.load(checkpoint_path, weights_only=True)
+        client.update_run(found, status="RUNNING")
+    else:
+        parent = _study_run(client, study)
+        logger = RunLogger.start(client, sources.store.experiment(client, study), f"federate-trial{number}",
+                                 params={**settings, "rounds": rounds},
+                                 tags={"kdsweep.kind": FEDERATE_KIND, "optuna.study": study},
+                                 parent_run_id=parent)
+        checkpoint_path = _checkpoint_path(sources.store.root, logger.run_id)
+    done_before = len(resume["history"]) if resume else 0
+
+    def after_round(result: Any, checkpoint: dict[str, Any]) -> None:
+        from kdcore._files import save_atomic
+
+        save_atomic(checkpoint, checkpoint_path)  # first: a crash right after loses nothing logged
+        logger.log_step(result.metrics(), step=result.round)
+        if on_round is not None:
+            on_round(result)
+
+    try:
+        result = federate(prepared.task, model, prepared.outputs.logits, config, shards=shards, rounds=rounds,
+                          local_epochs=local_epochs, on_round=after_round, resume=resume)
+    except BaseException:  # Ctrl-C, a crash: resumable from the last finished round
+        logger.log_metrics({}, tags={"state": "INTERRUPTED"})
+        logger.finish("KILLED")
+        raise
+    verdict = comparison(study, storage=storage, tracking_uri=tracking_uri, store=store)
+    complete = verdict.get("kd_verdict") not in (None, "incomplete")
+    numbers = {"test_acc": result.test_acc, "trial_test_acc": float(row["test_acc"]),
+               "teacher_test_acc": prepared.teacher.test_acc,
+               **({"nokd_test_acc": verdict["nokd_test_acc"], "distilled_test_acc": verdict["distilled_test_acc"]}
+                  if complete and "nokd_test_acc" in verdict else {})}
+    logger.log_metrics(numbers, tags={"state": "FINISHED", "rounds_done": str(len(result.history))})
+    logger.log_checkpoint(student_checkpoint(task_spec, prepared.task.num_classes, config, result.state_dict,
+                                             {"test_acc": result.test_acc}))
+    logger.finish()
+    checkpoint_path.unlink(missing_ok=True)
+    return Federated(study, number, logger.run_id, len(result.history), done_before, result.test_acc,
+                     numbers["trial_test_acc"], numbers["teacher_test_acc"], numbers.get("nokd_test_acc"),
+                     numbers.get("distilled_test_acc"), result.history)
+
+
+def table_line(done: Federated, score: str = "accuracy") -> str:
+    """Seed 004's table on one line: teacher, no-KD and distilled (the verdict's paired means),
+    the trial's student, and the same student after federated rounds."""
+    parts = [f"teacher {done.teacher_test_acc:.3f}"]
+    if done.nokd_test_acc is not None and done.distilled_test_acc is not None:
+        parts += [f"no-KD {done.nokd_test_acc:.3f}", f"KD {done.distilled_test_acc:.3f} (verdict means)"]
+    parts += [f"trial {done.trial} {done.trial_test_acc:.3f}", f"KD + federated {done.test_acc:.3f}"]
+    return f"test {score}: " + ", ".join(parts)
+
+
+def _row(frame: Any, study: str, trial: int) -> Any:
+    rows = frame[frame["number"] == trial]
+    if rows.empty:
+        raise ConfigError(f"study {study!r} has no trial {trial}")
+    if rows.iloc[0]["state"] != "COMPLETE":
+        raise ConfigError(f"trial {trial} of study {study!r} is {rows.iloc[0]['state']}, not COMPLETE: "
+                          "federate a complete trial (default: the best)")
+    return rows.iloc[0]
+
+
+def _checkpoint_path(store_root: Path, run_id: str) -> Path:
+    folder = Path(store_root) / _FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{run_id}.pt"
+
+
+def _unfinished(client: Any, study: str, settings: dict[str, Any], store_root: Path) -> str | None:
+    """The run id of an interrupted federated run of the same trial and settings whose round
+    checkpoint is still in this store, or None."""
+    experiment = client.get_experiment_by_name(study)
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id],
+                              filter_string=f"tags.`kdsweep.kind` = '{FEDERATE_KIND}' and attributes.status != 'FINISHED'")
+    for run in runs:
+        same = all(run.data.params.get(k) == str(v) for k, v in settings.items())
+        if same and (Path(store_root) / _FOLDER / f"{run.info.run_id}.pt").exists():
+            return run.info.run_id
+    return None
+
+
+def _study_run(client: Any, study: str) -> str | None:
+    experiment = client.get_experiment_by_name(study)
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`kdsweep.kind` = 'study'",
+                              max_results=1) if experiment else []
+    return runs[0].info.run_id if runs else None
