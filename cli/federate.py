@@ -20,6 +20,7 @@ def federate(
     local_epochs: Annotated[int, typer.Option(help="Epochs each client trains per round, with the KD loss on its shard's cached teacher logits.", min=1)] = 1,
     partition: Annotated[str, typer.Option(help="How the shards are dealt: iid, or dirichlet:A (label skew; smaller A is more skewed, e.g. dirichlet:0.5).")] = "iid",
     seed: Annotated[int, typer.Option(help="Seed of the partition and of the clients' batch order.")] = 0,
+    lr: Annotated[Optional[float], typer.Option(help="The clients' peak learning rate (default: a tenth of the trial's: they fine-tune a trained student).")] = None,
     store: StoreOpt = None,
     tracking_uri: TrackingOpt = None,
     storage: StorageOpt = None,
@@ -34,7 +35,7 @@ def federate(
 
     try:
         done = federate_trial(study, trial=trial, clients=clients, rounds=rounds, local_epochs=local_epochs,
-                              partition=partition, seed=seed, storage=storage, tracking_uri=tracking_uri,
+                              partition=partition, seed=seed, lr=lr, storage=storage, tracking_uri=tracking_uri,
                               store=store, on_round=progress)
     except KeyboardInterrupt:
         typer.echo("interrupted: the rounds done are saved; run the same command to resume", err=True)

@@ -8,6 +8,7 @@ from _sweep_helpers import mlflow_client
 from _sweep_store import copy_store, kdsweep
 
 from kdcore._files import load_safe
+from sweeps import best
 from sweeps.pipelines.federate import FEDERATE_KIND, federate_trial
 
 
@@ -32,6 +33,10 @@ def test_federate_logs_every_round_and_prints_seed_004s_table(store):
     [run] = runs
     assert run.info.status == "FINISHED" and run.data.tags["state"] == "FINISHED"
     assert run.data.params["partition"] == "dirichlet:0.5" and run.data.params["clients"] == "3"
+    # The best trial's student, its clients fine-tuning at a tenth of its learning rate.
+    chosen = best(store.study, store=store.root)
+    assert run.data.params["trial"] == str(chosen["number"])
+    assert float(run.data.params["lr"]) == pytest.approx(chosen["lr"] / 10)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1, 2]
     assert {"client0_val_acc", "client2_val_acc", "test_acc", "trial_test_acc", "teacher_test_acc"} <= set(
         run.data.metrics)
@@ -66,6 +71,7 @@ def test_an_interrupted_federated_run_resumes_after_its_last_round(store):
     (("--partition", "dirichlet:x"), "partition 'dirichlet:x' is not allowed"),
     (("--trial", "999"), "has no trial 999"),
     (("--clients", "100000"), "clients=100000 is out of range"),
+    (("--lr", "-1"), "--lr -1.0 is not allowed"),
 ])
 def test_bad_settings_are_one_line_and_write_nothing(store, args, message):
     _, before = _federated_runs(store)

@@ -23,6 +23,7 @@ from kdcore import ConfigError
 
 FEDERATE_KIND = "federate"
 _FOLDER = "federated"  # in the store: round checkpoints of unfinished runs
+_FINE_TUNE_LR = 0.1  # the clients' default learning rate, as a share of the trial's
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,15 @@ class Federated:
 
 
 def federate_trial(study: str, *, trial: int | None = None, clients: int = 4, rounds: int = 20,
-                   local_epochs: int = 1, partition: str = "iid", seed: int = 0, storage: str | None = None,
+                   local_epochs: int = 1, partition: str = "iid", seed: int = 0, lr: float | None = None,
+                   storage: str | None = None,
                    tracking_uri: str | None = None, store: str | Path | None = None,
                    on_round: Callable[[Any], None] | None = None) -> Federated:
     """Run (or resume) FedAvg from trial ``trial``'s student of ``study``; see the module docstring.
-    Every setting is checked before anything is written."""
+    The clients train with the trial's settings but ``lr`` (default: a tenth of the trial's: they
+    fine-tune a trained model, and the trial's own rate, meant for training from scratch, took 5
+    points of test accuracy off an MNIST-1D student in 10 rounds). Every setting is checked before
+    anything is written."""
     import torch
 
     from kdcore import get_task
@@ -72,6 +77,9 @@ def federate_trial(study: str, *, trial: int | None = None, clients: int = 4, ro
                        storage_url=sources.storage_url, budget_s=1.0, started_at=time.time(), n_trials=None,
                        invocation=FEDERATE_KIND)
     config = trial_config(plan.search_space(), opened.trials[number])
+    if lr is not None and not lr > 0:
+        raise ConfigError(f"--lr {lr} is not allowed: give a learning rate > 0")
+    config = config.model_copy(update={"lr": lr if lr is not None else config.lr * _FINE_TUNE_LR})
     task_spec = opened.user_attrs["kdsweep.task"]
     shards = deal(labels_of(get_task(task_spec).splits().train), clients, partition, seed=seed)
     model = load_student(study, number, storage=storage, tracking_uri=tracking_uri, store=store)
@@ -79,7 +87,7 @@ def federate_trial(study: str, *, trial: int | None = None, clients: int = 4, ro
 
     client = sources.store.client()
     settings = {"trial": number, "clients": clients, "local_epochs": local_epochs, "partition": partition,
-                "seed": seed}
+                "seed": seed, "lr": config.lr}
     found = _unfinished(client, study, settings, sources.store.root)
     resume = None
     if found is not None:
