@@ -48,6 +48,14 @@ def test_federate_logs_every_round_and_prints_seed_004s_table(store):
     assert not any((store.root / "federated").glob("*.pt"))
 
 
+def test_the_report_gains_seed_004s_table(store, tmp_path):
+    from sweeps import write_report
+
+    page = write_report(store.study, out=tmp_path / "report", log_to_mlflow=False, store=store.root).read_text()
+    assert "After the search: federated rounds (seed 004)" in page
+    assert "clients (dirichlet:0.5), 2 rounds of 1 epoch(s)" in page
+
+
 def test_an_interrupted_federated_run_resumes_after_its_last_round(store):
     def stop_after_round_1(result):
         if result.round == 1:

@@ -98,7 +98,9 @@ def federate_trial(study: str, *, trial: int | None = None, clients: int = 4, ro
         parent = _study_run(client, study)
         logger = RunLogger.start(client, sources.store.experiment(client, study), f"federate-trial{number}",
                                  params={**settings, "rounds": rounds},
-                                 tags={"kdsweep.kind": FEDERATE_KIND, "optuna.study": study},
+                                 tags={"kdsweep.kind": FEDERATE_KIND, "optuna.study": study,
+                                       "kdsweep.settings": f"trial {number}, {clients} clients ({partition}), "
+                                                           f"{rounds} rounds of {local_epochs} epoch(s)"},
                                  parent_run_id=parent)
         checkpoint_path = _checkpoint_path(sources.store.root, logger.run_id)
     done_before = len(resume["history"]) if resume else 0

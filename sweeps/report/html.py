@@ -186,7 +186,8 @@ def _page(study: optuna.Study, frame: pd.DataFrame, runs: ExperimentRuns, table:
               f"{_e(against)} at once (tagged <code>pareto=true</code> in MLflow). Test accuracy is shown as the "
               "held-out estimate; it plays no part in the choice.</p>", _table(front, columns),
               f"<h2>Top {min(_TOP, len(leaders))} trials by validation accuracy</h2>",
-              "<p>Test accuracy beside it is the held-out estimate.</p>", _table(leaders, columns)]
+              "<p>Test accuracy beside it is the held-out estimate.</p>", _table(leaders, columns),
+              *_federated(runs, table)]
     return _TEMPLATE.format(title=_e(f"kdsweep report: {study.study_name}"), body="\n".join(parts))
 
 
@@ -219,6 +220,26 @@ def _comparison(table: dict[str, Any], frame: pd.DataFrame, task: str) -> str:
     note = ("" if "kd_gain" in table else
             '<p class="note">No KD gain: a gain is shown only when every paired repeat finished.</p>')
     return f"{verdict}<table class=num><tr>{head}</tr>{body}</table>{note}"
+
+
+def _federated(runs: ExperimentRuns, table: dict[str, Any]) -> list[str]:
+    """Seed 004's table, one row per finished ``kdsweep federate`` run: the teacher and the
+    verdict's no-KD and distilled means beside each trial's student before and after the rounds."""
+    done = [r for r in runs.of_kind("federate") if r.status == "FINISHED" and "test_acc" in r.metrics]
+    if not done:
+        return []
+    head = "".join(f"<th>{h}</th>" for h in ("federated run", "teacher", "no-KD (verdict)", "KD (verdict)",
+                                                 "the trial's student", "KD + federated"))
+    body = "".join(
+        f"<tr><td>{_e(r.tags.get('kdsweep.settings', r.name))}</td>"
+        + "".join(f"<td>{cell('test_acc', value)}</td>" for value in (
+            r.metrics.get("teacher_test_acc"), table.get("nokd_test_acc"), table.get("distilled_test_acc"),
+            r.metrics.get("trial_test_acc"), r.metrics["test_acc"])) + "</tr>"
+        for r in done)
+    return ["<h2>After the search: federated rounds (seed 004)</h2>",
+            "<p>Test accuracy of each <code>kdsweep federate</code> run's student after its FedAvg rounds, "
+            "beside the teacher, the KD verdict's paired means and the trial's student it started from "
+            "(docs/pipelines.md).</p>", f"<table class=num><tr>{head}</tr>{body}</table>"]
 
 
 def _params_of(frame: pd.DataFrame, trial: int | None) -> Any:
