@@ -131,6 +131,11 @@ def federate(task: Task, model: nn.Module, teacher: TeacherLogits, config: Train
     """
     if rounds < 1 or local_epochs < 1:
         raise ConfigError(f"rounds={rounds} and local_epochs={local_epochs} must be at least 1")
+    if task.kind != "classification":
+        # Its loss's class proxies are training state outside the model: FedAvg would restart them
+        # at random on every client in every round.
+        raise ConfigError(f"task '{task.name}' is an {task.kind} task: federated rounds support classification "
+                          "tasks only")
     splits = task.splits()
     x, y = _tensors(splits.train)
     local = config.model_copy(update={"epochs": local_epochs, "patience": 0, "data_fraction": 1.0,

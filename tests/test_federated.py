@@ -84,3 +84,11 @@ def test_an_interrupted_run_resumes_after_its_last_round_as_if_never_cut(digits,
     assert resumed.history[0] == whole.history[0]  # carried over, not re-run
     for name, value in whole.state_dict.items():
         assert torch.equal(value, resumed.state_dict[name]), name
+
+
+def test_an_embedding_task_is_refused_before_any_round(start, teacher_logits):
+    from kdcore import get_task
+
+    model, config, _ = start
+    with pytest.raises(ConfigError, match="federated rounds support classification tasks only"):
+        federate(get_task("mnist1d-retrieval"), model, teacher_logits, config, shards=[torch.arange(4)], rounds=1)

@@ -81,7 +81,11 @@ def federate_trial(study: str, *, trial: int | None = None, clients: int = 4, ro
         raise ConfigError(f"--lr {lr} is not allowed: give a learning rate > 0")
     config = config.model_copy(update={"lr": lr if lr is not None else config.lr * _FINE_TUNE_LR})
     task_spec = opened.user_attrs["kdsweep.task"]
-    shards = deal(labels_of(get_task(task_spec).splits().train), clients, partition, seed=seed)
+    task = get_task(task_spec)
+    if task.kind != "classification":
+        raise ConfigError(f"study {study!r} is on {task.kind} task '{task.name}': kdsweep federate supports "
+                          "classification tasks only (an embedding task's proxies would restart every round)")
+    shards = deal(labels_of(task.splits().train), clients, partition, seed=seed)
     model = load_student(study, number, storage=storage, tracking_uri=tracking_uri, store=store)
     prepared = prepare(task_spec, sources.store, device=config.device)
 
