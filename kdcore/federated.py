@@ -78,6 +78,14 @@ def _dirichlet_alpha(scheme: str) -> float:
     return alpha
 
 
+def check_task(task: Task) -> None:
+    """ConfigError for a task FedAvg cannot serve: an embedding task's loss keeps class proxies
+    outside the model, which every client would restart at random in every round."""
+    if task.kind != "classification":
+        raise ConfigError(f"task '{task.name}' is an {task.kind} task: federated rounds support classification "
+                          "tasks only")
+
+
 def fed_avg(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
     """The weighted mean of the clients' weights (``weights``: their shard sizes, normalised).
     Integer buffers (BatchNorm's batch counter) are not averaged: the first client's are kept."""
@@ -131,11 +139,7 @@ def federate(task: Task, model: nn.Module, teacher: TeacherLogits, config: Train
     """
     if rounds < 1 or local_epochs < 1:
         raise ConfigError(f"rounds={rounds} and local_epochs={local_epochs} must be at least 1")
-    if task.kind != "classification":
-        # Its loss's class proxies are training state outside the model: FedAvg would restart them
-        # at random on every client in every round.
-        raise ConfigError(f"task '{task.name}' is an {task.kind} task: federated rounds support classification "
-                          "tasks only")
+    check_task(task)
     splits = task.splits()
     x, y = _tensors(splits.train)
     local = config.model_copy(update={"epochs": local_epochs, "patience": 0, "data_fraction": 1.0,

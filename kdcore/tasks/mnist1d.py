@@ -32,6 +32,13 @@ def _generate(seed: int, num_samples: int | None, train_split: float) -> dict:
     return make_dataset(args)
 
 
+def labelled_splits() -> Splits:
+    """The published 4000 train / 1000 test signals, 500 of train carved out to validate; shared by
+    the classification task and the retrieval one."""
+    data = _generate(_DATA_SEED, None, 0.8)
+    return carve_validation(data["x"], data["y"], data["x_test"], data["y_test"], val_size=500)
+
+
 class MNIST1DTask(Task):
     """4000 train / 1000 test signals from ``mnist1d.make_dataset`` defaults; 500 of train validate.
     A transfer set of ``unlabeled_size`` more signals from the same generator with its own seed
@@ -47,8 +54,7 @@ class MNIST1DTask(Task):
 
     @functools.cache
     def splits(self) -> Splits:
-        data = _generate(_DATA_SEED, None, 0.8)
-        splits = carve_validation(data["x"], data["y"], data["x_test"], data["y_test"], val_size=500)
+        splits = labelled_splits()
         # The pool's labels are dropped here, so nothing downstream can read them.
         pool = torch.as_tensor(_generate(_POOL_SEED, self.unlabeled_size, 1.0)["x"], dtype=torch.float32)
         return Splits(splits.train, splits.val, splits.test, unlabeled=TensorDataset(pool))

@@ -9,9 +9,8 @@ from typing import Any
 from torch import nn
 
 from kdcore.config import TrainConfig
-from kdcore.tasks._split import carve_validation
 from kdcore.tasks.base import Splits, Task
-from kdcore.tasks.mnist1d import _DATA_SEED, _LENGTH, _generate
+from kdcore.tasks.mnist1d import _LENGTH, labelled_splits
 from kdcore.tasks.models import ConvNet1d, scaled_width
 
 
@@ -34,8 +33,7 @@ class MNIST1DRetrievalTask(Task):
 
     @functools.cache
     def splits(self) -> Splits:
-        data = _generate(_DATA_SEED, None, 0.8)
-        return carve_validation(data["x"], data["y"], data["x_test"], data["y_test"], val_size=500)
+        return labelled_splits()
 
     def build_teacher(self) -> nn.Module:
         return ConvNet1d(self.teacher_channels, self.teacher_dim, _LENGTH)  # its "classes" are embedding dims

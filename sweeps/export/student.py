@@ -50,10 +50,10 @@ def export_student(study: str, out: str | Path, *, trial: int | None = None, for
         raise ConfigError(f"--out {out}: folder {out.parent} does not exist")
 
     from kdcore import get_task
-    from sweeps.query.trials import Sources, best, load_student, trials
+    from sweeps.query.trials import Sources, best, load_student, trial_row, trials
 
     frame = trials(study, storage=storage, tracking_uri=tracking_uri, store=store)
-    row = best(frame) if trial is None else _row(frame, study, trial)
+    row = best(frame) if trial is None else trial_row(frame, study, trial)
     number = int(row["number"])
     model = load_student(study, number, storage=storage, tracking_uri=tracking_uri, store=store)
     task = get_task(_task_of(study, storage, tracking_uri, store))
@@ -82,13 +82,6 @@ def export_student(study: str, out: str | Path, *, trial: int | None = None, for
     recorded = row["int8_test_acc"] if int8 else row["test_acc"]
     return Exported(out, format, number, int8, test_acc, None if recorded != recorded else float(recorded),
                     out.stat().st_size, run_id)
-
-
-def _row(frame, study: str, trial: int):
-    rows = frame[frame["number"] == trial]
-    if rows.empty:
-        raise ConfigError(f"study {study!r} has no trial {trial}")
-    return rows.iloc[0]
 
 
 def _task_of(study: str, storage, tracking_uri, store) -> str:

@@ -58,9 +58,9 @@ def federate_trial(study: str, *, trial: int | None = None, clients: int = 4, ro
 
     from kdcore import get_task
     from kdcore.data import labels_of
-    from kdcore.federated import federate, partition as deal
+    from kdcore.federated import check_task, federate, partition as deal
     from sweeps.query.summary import comparison
-    from sweeps.query.trials import Sources, best, load_student, trials
+    from sweeps.query.trials import Sources, best, load_student, trial_row, trials
     from sweeps.search.join import joined_plan
     from sweeps.search.overrides import trial_config
     from sweeps.tracking.logged_run import prepare
@@ -71,7 +71,7 @@ def federate_trial(study: str, *, trial: int | None = None, clients: int = 4, ro
     sources = Sources.resolve(storage, tracking_uri, store)
     opened = sources.study(study)
     frame = trials(study, storage=storage, tracking_uri=tracking_uri, store=store)
-    row = best(frame) if trial is None else _row(frame, study, trial)
+    row = best(frame) if trial is None else _complete(trial_row(frame, study, trial), study)
     number = int(row["number"])
     plan = joined_plan(opened, store_root=sources.store.root, tracking_uri=sources.store.tracking_uri,
                        storage_url=sources.storage_url, budget_s=1.0, started_at=time.time(), n_trials=None,
@@ -82,9 +82,7 @@ def federate_trial(study: str, *, trial: int | None = None, clients: int = 4, ro
     config = config.model_copy(update={"lr": lr if lr is not None else config.lr * _FINE_TUNE_LR})
     task_spec = opened.user_attrs["kdsweep.task"]
     task = get_task(task_spec)
-    if task.kind != "classification":
-        raise ConfigError(f"study {study!r} is on {task.kind} task '{task.name}': kdsweep federate supports "
-                          "classification tasks only (an embedding task's proxies would restart every round)")
+    check_task(task)  # before anything is written
     shards = deal(labels_of(task.splits().train), clients, partition, seed=seed)
     model = load_student(study, number, storage=storage, tracking_uri=tracking_uri, store=store)
     prepared = prepare(task_spec, sources.store, device=config.device)
@@ -150,14 +148,11 @@ def table_line(done: Federated, score: str = "accuracy") -> str:
     return f"test {score}: " + ", ".join(parts)
 
 
-def _row(frame: Any, study: str, trial: int) -> Any:
-    rows = frame[frame["number"] == trial]
-    if rows.empty:
-        raise ConfigError(f"study {study!r} has no trial {trial}")
-    if rows.iloc[0]["state"] != "COMPLETE":
-        raise ConfigError(f"trial {trial} of study {study!r} is {rows.iloc[0]['state']}, not COMPLETE: "
+def _complete(row: Any, study: str) -> Any:
+    if row["state"] != "COMPLETE":
+        raise ConfigError(f"trial {row['number']} of study {study!r} is {row['state']}, not COMPLETE: "
                           "federate a complete trial (default: the best)")
-    return rows.iloc[0]
+    return row
 
 
 def _checkpoint_path(store_root: Path, run_id: str) -> Path:

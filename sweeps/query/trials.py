@@ -266,6 +266,14 @@ def best(study: str | pd.DataFrame, metric: str = SELECTION_METRIC, where: str |
     return ordered.iloc[0]
 
 
+def trial_row(frame: pd.DataFrame, study: str, number: int) -> pd.Series:
+    """Trial ``number``'s row of a ``trials`` frame; ConfigError when the study has none."""
+    rows = frame[frame["number"] == number]
+    if rows.empty:
+        raise ConfigError(f"study {study!r} has no trial {number}")
+    return rows.iloc[0]
+
+
 def _is_number(column: pd.Series) -> bool:
     import pandas as pd
 
