@@ -88,10 +88,13 @@ def joined_trials_running(study: optuna.Study, invocation: str) -> list[int]:
             if (t.user_attrs.get(LEASE_ATTR) or {}).get("invocation") != invocation]
 
 
-def wait_for_joined_trials(study: optuna.Study, invocation: str, reap, until: float, poll_s: float = 1.0) -> None:
-    """Wait, reaping now and then, until no other invocation's trial is RUNNING, or ``until``."""
+def wait_for_joined_trials(study: optuna.Study, invocation: str, reap, until: float, poll_s: float = 1.0,
+                           check_abort=lambda: None) -> None:
+    """Wait, reaping now and then, until no other invocation's trial is RUNNING, or ``until``;
+    ``check_abort`` (called each poll) raises to stop waiting."""
     last_reap = 0.0
     while joined_trials_running(study, invocation) and time.time() < until:
+        check_abort()
         if time.monotonic() - last_reap > REAP_EVERY_S:
             reap()
             last_reap = time.monotonic()

@@ -45,6 +45,8 @@ from sweeps.tracking.store import Store
 from sweeps.verdict.paired import incomplete_verdict
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import optuna
     from mlflow import MlflowClient
 
@@ -145,14 +147,15 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
     interrupted = Interrupt()  # Ctrl-C or SIGTERM
     halt = threading.Event()  # the workers stop: Ctrl-C, or trials failing alike (fail fast)
     workers = _start_workers(plan, halt)
-    try:
-        with ctrl_c_sets(interrupted, halt):
-            failure = _watch(study, plan, workers, client, parent, view, interrupted, halt, window)
-            _close_window(study, plan, client, view)
+    with ctrl_c_sets(interrupted, halt) as signals:
+        try:
+            failure = _watch(study, plan, workers, client, parent, view, interrupted, halt, window, signals.check)
+            _close_window(study, plan, client, view, signals.check)
             if failure is not None:
                 failure = f"{failure}; {_completed_note(study, plan)}"
             elif not interrupted.is_set():
                 failure = _nothing_completed(study, plan)
+            signals.check()
             # A failed sweep has no configuration worth the verdict's repeats.
             comparison = {} if failure else _verdict(study, plan, space, prepared, client, view, interrupted,
                                                      invocation)
@@ -164,9 +167,9 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
                                tags={"state": ended, **({"kdsweep.error": failure} if failure else {})})
             _tag_pareto(study, client, plan)
             parent.finish("FAILED" if failure else "KILLED" if interrupted.is_set() else "FINISHED")
-    except KeyboardInterrupt:  # the second Ctrl-C: abort now, leaving nothing RUNNING
-        _abort(workers, study, client, parent, plan)
-        raise
+        except KeyboardInterrupt:  # the second Ctrl-C (ctrl_c_sets): abort now, leaving nothing RUNNING
+            _abort(workers, study, client, parent, plan)
+            raise
     view.update(_snapshot(study, plan, "done"))
     if failure:
         raise SweepFailed(failure)
@@ -264,9 +267,10 @@ def _start_workers(plan: SweepPlan, halt: threading.Event) -> list:
 
 
 def _watch(study: optuna.Study, plan: SweepPlan, workers: list, client: MlflowClient, parent: RunLogger,
-           view: SweepView, interrupted: Interrupt, halt: threading.Event, window: float) -> str | None:
+           view: SweepView, interrupted: Interrupt, halt: threading.Event, window: float,
+           check_abort: Callable[[], None]) -> str | None:
     """Refresh the view, reap dead workers' trials, keep the parent's best-so-far and the trials
-    window (``window``: as published so far) current.
+    window (``window``: as published so far) current; ``check_abort`` raises after a second Ctrl-C.
 
     Returns why the sweep failed fast (SweepPlan.failing), having stopped every worker, or None.
     """
@@ -277,6 +281,7 @@ def _watch(study: optuna.Study, plan: SweepPlan, workers: list, client: MlflowCl
     while any(w.is_alive() for w in workers):
         for w in workers:
             w.join(timeout=_POLL_S / len(workers))
+        check_abort()
         now = time.time()
         if now - last_reap > REAP_EVERY_S:
             _reap(study, client, plan)
@@ -303,7 +308,8 @@ def _watch(study: optuna.Study, plan: SweepPlan, workers: list, client: MlflowCl
     return failure or plan.failing(study.get_trials(deepcopy=False))
 
 
-def _close_window(study: optuna.Study, plan: SweepPlan, client: MlflowClient, view: SweepView) -> None:
+def _close_window(study: optuna.Study, plan: SweepPlan, client: MlflowClient, view: SweepView,
+                  check_abort: Callable[[], None]) -> None:
     """No new trial from here; wait for the trials joined workers still run (each ends by the
     window it started in, plus its test pass and upload), so the verdict and the summary see them."""
     pause_at("window.close")
@@ -313,7 +319,7 @@ def _close_window(study: optuna.Study, plan: SweepPlan, client: MlflowClient, vi
     if running:
         view.update(_snapshot(study, plan, "trials", note=f"waiting for {len(running)} trial(s) of joined workers"))
         wait_for_joined_trials(study, plan.invocation, lambda: _reap(study, client, plan),
-                               until=max(opened_until, time.time()) + _JOINED_GRACE_S)
+                               until=max(opened_until, time.time()) + _JOINED_GRACE_S, check_abort=check_abort)
 
 
 def _completed_note(study: optuna.Study, plan: SweepPlan) -> str:

@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("kdsweep")
 
 ORPHAN_POLL_S = 0.5
+_POLL_S = 0.5  # how often a joined worker's main thread looks for a second Ctrl-C
 ORPHAN_EXIT_S = 5.0  # a worker whose parent died exits this long after, even mid-epoch
+ABORT_GRACE_S = 20.0  # what a second Ctrl-C's clean-up may take before the process exits regardless
 
 
 def work(plan: SweepPlan, worker: int, interrupt: threading.Event) -> None:
@@ -87,14 +89,18 @@ def run_joined(plan: SweepPlan, note: Callable[[str], None]) -> tuple[dict[str, 
     interrupt, done = Interrupt(), threading.Event()
     trials = threading.Thread(target=lambda: (work(plan, sampler_offset(), interrupt), done.set()),
                               name="kdsweep-worker", daemon=True)
-    try:
-        with ctrl_c_sets(interrupt):
+    with ctrl_c_sets(interrupt) as signals:
+        try:
             trials.start()
-            while not done.wait(REAP_EVERY_S):  # a survivor finishes what a lost worker left
-                reap()
-    except KeyboardInterrupt:  # the second Ctrl-C: the trial is left to the reaper of this host
-        reap(frozenset({os.getpid()}))
-        raise
+            last_reap = time.monotonic()
+            while not done.wait(_POLL_S):
+                signals.check()
+                if time.monotonic() - last_reap > REAP_EVERY_S:  # a survivor finishes what a lost worker left
+                    reap()
+                    last_reap = time.monotonic()
+        except KeyboardInterrupt:  # the second Ctrl-C: reap this process's own trial now
+            reap(frozenset({os.getpid()}))
+            raise
     mine = [t for t in study.get_trials(deepcopy=False) if plan.ran(t)]
     return {state: sum(t.state.name == state for t in mine) for state in ("COMPLETE", "PRUNED", "FAIL")}, \
         interrupt.is_set()
@@ -160,30 +166,66 @@ class Interrupt(threading.Event):
 
 
 class ctrl_c_sets:
-    """The first Ctrl-C or SIGTERM sets ``events`` (finish gracefully); the second raises
-    KeyboardInterrupt (abort now)."""
+    """The first Ctrl-C or SIGTERM sets ``events``: finish gracefully. The second asks for an abort,
+    which the caller's loop starts at its next ``check()`` by raising KeyboardInterrupt there.
+
+    The handler never raises itself: an exception thrown wherever the main thread happens to be
+    can land inside a library's lock or transaction (Optuna's journal lock, an SQLite write) and
+    leave it held, and the abort's own writes would then wait on it for ever. Should the abort
+    still not end within ``ABORT_GRACE_S``, or a third signal come, the process exits at once
+    with code 130; the trials it leaves RUNNING name a dead process, and the next run reaps them.
+    """
 
     _SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
     def __init__(self, *events: threading.Event) -> None:
         self.event = events[0]
         self.events = events
+        self.aborting = threading.Event()
         self.previous: dict[int, object] = {}
+        self._watchdog: threading.Timer | None = None
 
-    def __enter__(self) -> None:
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if a second signal asked for an abort: call where no lock is held."""
+        if self.aborting.is_set():
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> ctrl_c_sets:
         if threading.current_thread() is not threading.main_thread():
-            return
+            return self
 
         def handle(signum, frame):
-            if self.event.is_set():
-                raise KeyboardInterrupt
-            for event in self.events:
-                if isinstance(event, Interrupt):
-                    event.by = self._SIGNALS[signum]
-                event.set()
+            if self.aborting.is_set():
+                _exit_now(f"{self._SIGNALS[signum]} a third time: exiting without clean-up")
+            elif self.event.is_set():
+                self.aborting.set()
+                self._watchdog = threading.Timer(ABORT_GRACE_S, _exit_now, args=(
+                    f"the abort did not end within {ABORT_GRACE_S:.0f} s: exiting without clean-up",))
+                self._watchdog.daemon = True
+                self._watchdog.start()
+            else:
+                for event in self.events:
+                    if isinstance(event, Interrupt):
+                        event.by = self._SIGNALS[signum]
+                    event.set()
 
         self.previous = {sig: signal.signal(sig, handle) for sig in self._SIGNALS}
+        return self
 
     def __exit__(self, *exc_info: object) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+
+def _exit_now(why: str) -> None:
+    """The last resort of an abort: say why, show where each thread was (a stuck abort is a bug
+    worth reporting), and exit 130 without waiting on anything."""
+    import faulthandler
+    import sys
+
+    sys.stderr.write(f"error: {why}; trials left RUNNING are reaped by the next kdsweep run on this study\n")
+    faulthandler.dump_traceback(sys.stderr, all_threads=True)
+    sys.stderr.flush()
+    os._exit(130)
