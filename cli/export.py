@@ -19,6 +19,7 @@ def export(
     format: Annotated[str, typer.Option("--format", help="pt2 (torch.export; INT8 too) or torchscript.")] = "pt2",
     trial: Annotated[Optional[int], typer.Option(help="Trial number (default: the best by validation accuracy within the study's limits).")] = None,
     int8: Annotated[bool, typer.Option("--int8", help="Export the INT8 copy (torchao int8 weight-only of its Linear layers); pt2 only.")] = False,
+    run: Annotated[Optional[str], typer.Option("--run", help="Export the student of this run of the study instead: a kdsweep compress step (as it runs) or a federate run.")] = None,
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not log the file to the trial's MLflow run.")] = False,
     store: StoreOpt = None,
     tracking_uri: TrackingOpt = None,
@@ -27,11 +28,13 @@ def export(
     """Write a trial's student (fp32 or INT8) as TorchScript or torch.export, reload it with PyTorch alone and re-score it on the test split."""
     from sweeps.export import export_student
 
-    done = export_student(study, out, trial=trial, format=format, int8=int8, log_to_mlflow=not no_mlflow,
+    done = export_student(study, out, trial=trial, format=format, int8=int8, run=run, log_to_mlflow=not no_mlflow,
                           storage=storage, tracking_uri=tracking_uri, store=store)
-    recorded = f"; the trial recorded {done.checkpoint_test_acc:.4f}" if done.checkpoint_test_acc is not None else ""
+    recorded = (f"; {'its run' if run else 'the trial'} recorded {done.checkpoint_test_acc:.4f}"
+                if done.checkpoint_test_acc is not None else "")
     load = "torch.jit.load(path)" if done.format == "torchscript" else "torch.export.load(path).module()"
-    for line in (f"exported trial {done.trial} of '{study}' ({'INT8' if done.int8 else 'fp32'}, {done.format}): "
+    what = f"run {run} (from trial {done.trial})" if run else f"trial {done.trial}"
+    for line in (f"exported {what} of '{study}' ({'INT8' if done.int8 else 'as it runs' if run else 'fp32'}, {done.format}): "
                  f"{done.path} ({done.size_bytes:,} bytes)",
                  f"reloaded with PyTorch alone: test_acc {done.test_acc:.4f}{recorded}",
                  f"load it: import torch; model = {load}"

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from cli import compress as compress_commands
 from cli import export as export_commands
 from cli import federate as federate_commands
 from cli import query as query_commands
@@ -126,6 +127,7 @@ app.command(cls=OneLineCommand, rich_help_panel="Query")(query_commands.compare)
 app.command(cls=OneLineCommand, rich_help_panel="Query")(query_commands.report)
 app.command(cls=OneLineCommand, rich_help_panel="Query")(query_commands.ui)
 app.command(cls=OneLineCommand, rich_help_panel="Query")(export_commands.export)
+app.command(cls=OneLineCommand, rich_help_panel="After the search")(compress_commands.compress)
 app.command(cls=OneLineCommand, rich_help_panel="After the search")(federate_commands.federate)
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ _LAZY = {
     **dict.fromkeys(("CachedOutputs", "cache_key", "teacher_outputs"), "kdcore.cache"),
     **dict.fromkeys(("EMBEDDING_SETTINGS", "TrainConfig", "make_config", "no_kd_twin"), "kdcore.config"),
     **dict.fromkeys(("ArchitectureCost", "Int8Student", "architecture_cost", "architecture_key", "int8_metrics",
-                     "quantize_int8"), "kdcore.cost"),
+                     "latency_ms", "quantize_int8"), "kdcore.cost"),
+    **dict.fromkeys(("PeakMemory", "bake", "deployable", "fake_quantize", "packed_size_bytes", "prune_channels",
+                     "rebuild", "structure_of"), "kdcore.compress"),
     **dict.fromkeys(("FederatedResult", "RoundResult", "fed_avg", "federate", "partition"), "kdcore.federated"),
     **dict.fromkeys(("KDLoss", "kd_loss"), "kdcore.loss"),
     **dict.fromkeys(("EmbeddingKDLoss", "ProxyLoss", "embedding_kd_loss"), "kdcore.embedding_loss"),
@@ -44,8 +46,10 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:
     from kdcore.cache import CachedOutputs, cache_key, teacher_outputs
     from kdcore.config import EMBEDDING_SETTINGS, TrainConfig, make_config, no_kd_twin
+    from kdcore.compress import (PeakMemory, bake, deployable, fake_quantize, packed_size_bytes, prune_channels,
+                                 rebuild, structure_of)
     from kdcore.cost import (ArchitectureCost, Int8Student, architecture_cost, architecture_key, int8_metrics,
-                             quantize_int8)
+                             latency_ms, quantize_int8)
     from kdcore.embedding_loss import EmbeddingKDLoss, ProxyLoss, embedding_kd_loss
     from kdcore.federated import FederatedResult, RoundResult, fed_avg, federate, partition
     from kdcore.loss import KDLoss, kd_loss
@@ -60,9 +64,11 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_TASK", "EMBEDDING_SETTINGS", "PRESETS", "ArchitectureCost", "CacheError", "CachedOutputs", "ConfigError",
     "EmbeddingKDLoss", "EpochResult", "Evaluation", "FederatedResult", "RoundResult", "fed_avg", "federate",
-    "partition", "Int8Student", "KDLoss", "KDSweepError", "ProxyLoss", "Splits",
+    "partition", "Int8Student", "KDLoss", "KDSweepError", "PeakMemory", "ProxyLoss", "Splits",
     "StopTraining", "Task", "TaskError", "Teacher", "TeacherLogits", "TeacherSpec", "TrainConfig", "TrainResult",
-    "architecture_cost", "architecture_key", "cache_key", "check_config", "count_parameters", "embedding_kd_loss",
-    "evaluate_model", "get_task", "int8_metrics", "kd_loss", "load_or_train_teacher", "make_config", "no_kd_twin",
-    "preflight", "preset", "quantize_int8", "recall_at_k", "register_task", "task_names", "teacher_outputs", "train",
+    "architecture_cost", "architecture_key", "bake", "cache_key", "check_config", "count_parameters", "deployable",
+    "embedding_kd_loss", "evaluate_model", "fake_quantize", "get_task", "int8_metrics", "kd_loss", "latency_ms",
+    "load_or_train_teacher", "make_config", "no_kd_twin", "packed_size_bytes", "preflight", "preset", "prune_channels",
+    "quantize_int8", "rebuild", "recall_at_k", "register_task", "structure_of", "task_names", "teacher_outputs",
+    "train",
 ]

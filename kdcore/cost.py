@@ -144,12 +144,19 @@ def int8_metrics(student: Int8Student, val: Dataset, test: Dataset, sample: torc
     else:
         _, val_acc = evaluate(student.model, BatchSource(val, _EVAL_BATCH, cpu), contextlib.nullcontext)
         _, test_acc = evaluate(student.model, BatchSource(test, _EVAL_BATCH, cpu), contextlib.nullcontext)
+    return {"int8_size_bytes": student.size_bytes, "int8_val_acc": val_acc, "int8_test_acc": test_acc,
+            "int8_latency_ms_b1": latency_ms(student.model, sample, threads=threads)}
+
+
+def latency_ms(model: nn.Module, sample: torch.Tensor, *, threads: int = 1) -> float:
+    """CPU forward of one sample (``sample``: one input without its batch dimension), in ms: the
+    median of timed repeats after warm-up, with ``threads`` intra-op threads, as
+    ``architecture_cost`` measures ``latency_ms_b1``. Runs ``model`` itself: pass a CPU model."""
+    _check_threads(threads)
     one = _batch_of(sample, 1)
     with torch.inference_mode(), _intra_op_threads(threads):
-        _first_forward(student.model, one)
-        latency_b1 = _median_latency_ms(student.model, one)
-    return {"int8_size_bytes": student.size_bytes, "int8_val_acc": val_acc, "int8_test_acc": test_acc,
-            "int8_latency_ms_b1": latency_b1}
+        _first_forward(model, one)
+        return _median_latency_ms(model, one)
 
 
 def _torchao():

@@ -27,7 +27,7 @@ class Exported:
     path: Path
     format: str
     trial: int
-    int8: bool
+    int8: bool  # --int8: post-training INT8 of the trial's student
     test_acc: float  # the reloaded file's, on the test split
     checkpoint_test_acc: float | None  # what the trial recorded for the same model (fp32 or INT8)
     size_bytes: int
@@ -35,14 +35,19 @@ class Exported:
 
 
 def export_student(study: str, out: str | Path, *, trial: int | None = None, format: str = "pt2",
-                   int8: bool = False, log_to_mlflow: bool = True, storage: str | None = None,
+                   int8: bool = False, run: str | None = None, log_to_mlflow: bool = True, storage: str | None = None,
                    tracking_uri: str | None = None, store: str | Path | None = None) -> Exported:
     """Write trial ``trial``'s student (default: the study's best by validation accuracy, within its
-    limits) to ``out``, reload it with PyTorch alone, score it on the test split, log it to the run."""
+    limits) to ``out``, reload it with PyTorch alone, score it on the test split, log it to the run.
+    ``run`` instead names a run of the study whose student to write: a ``kdsweep compress`` step
+    (pruned, quantized as it ran) or a ``kdsweep federate`` run."""
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r} (choose from {', '.join(FORMATS)})")
     if int8 and format == "torchscript":
         raise ConfigError("an INT8 student (torchao tensors) cannot be scripted: use --format pt2")
+    if run is not None and (trial is not None or int8):
+        raise ConfigError("--run names the student to export: leave out --trial and --int8 (a compress step's "
+                          "student is exported as it runs)")
     out = Path(out)
     if out.exists() and out.is_dir():
         raise ConfigError(f"--out {out} is a folder: give a file name, e.g. {out / f'student.{_suffix(format)}'}")
@@ -50,13 +55,19 @@ def export_student(study: str, out: str | Path, *, trial: int | None = None, for
         raise ConfigError(f"--out {out}: folder {out.parent} does not exist")
 
     from kdcore import get_task
-    from sweeps.query.trials import Sources, best, load_student, trial_row, trials
+    from sweeps.query.trials import Sources, best, load_run_student, load_student, trial_row, trials
 
-    frame = trials(study, storage=storage, tracking_uri=tracking_uri, store=store)
-    row = best(frame) if trial is None else trial_row(frame, study, trial)
-    number = int(row["number"])
-    model = load_student(study, number, storage=storage, tracking_uri=tracking_uri, store=store)
     task = get_task(_task_of(study, storage, tracking_uri, store))
+    if run is not None:
+        number, recorded, run_id = _logged_run(study, run, tracking_uri, store)
+        model = load_run_student(run, tracking_uri=tracking_uri, store=store)
+    else:
+        frame = trials(study, storage=storage, tracking_uri=tracking_uri, store=store)
+        row = best(frame) if trial is None else trial_row(frame, study, trial)
+        number = int(row["number"])
+        model = load_student(study, number, storage=storage, tracking_uri=tracking_uri, store=store)
+        recorded = row["int8_test_acc"] if int8 else row["test_acc"]
+        run_id = row["mlflow_run_id"] if isinstance(row["mlflow_run_id"], str) else None
     test = task.splits().test
     if int8:
         from kdcore.cost import quantize_int8
@@ -76,12 +87,30 @@ def export_student(study: str, out: str | Path, *, trial: int | None = None, for
                           f"{' '.join(str(error).split())[:300]}; try --format {other}") from None
     reloaded = _load(out, format)
     test_acc = _accuracy(reloaded, test)
-    run_id = row["mlflow_run_id"] if isinstance(row["mlflow_run_id"], str) else None
     if log_to_mlflow and run_id:
         Sources.resolve(storage, tracking_uri, store).store.client().log_artifact(run_id, str(out), "export")
-    recorded = row["int8_test_acc"] if int8 else row["test_acc"]
     return Exported(out, format, number, int8, test_acc, None if recorded != recorded else float(recorded),
                     out.stat().st_size, run_id)
+
+
+def _logged_run(study: str, run_id: str, tracking_uri, store) -> tuple[int, float, str]:
+    """The trial a run of ``study`` started from and the test accuracy it recorded."""
+    from mlflow.exceptions import MlflowException
+
+    from sweeps.tracking.store import Store
+
+    try:
+        run = Store.resolve(store, tracking_uri).client().get_run(run_id)
+    except MlflowException:
+        raise ConfigError(f"--run {run_id}: no such run in the tracking store") from None
+    if run.data.tags.get("optuna.study") != study:
+        raise ConfigError(f"--run {run_id} is not a run of study {study!r} (its study: "
+                          f"{run.data.tags.get('optuna.study')!r})")
+    trial = run.data.tags.get("kdsweep.trial", run.data.params.get("trial"))
+    if trial is None:
+        raise ConfigError(f"--run {run_id} has no student of its own: give a compress step's or a federate "
+                          "run's id (kdsweep compress prints it), or --trial N")
+    return int(trial), run.data.metrics.get("test_acc", float("nan")), run_id
 
 
 def _task_of(study: str, storage, tracking_uri, store) -> str:

@@ -13,7 +13,6 @@ interrupted run resume: the same command continues it from its last finished rou
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,28 +58,21 @@ def federate_trial(study: str, *, trial: int | None = None, clients: int = 4, ro
     from kdcore import get_task
     from kdcore.data import labels_of
     from kdcore.federated import check_task, federate, partition as deal
+    from sweeps.pipelines._trial import choose_trial, study_run
     from sweeps.query.summary import comparison
-    from sweeps.query.trials import Sources, best, load_student, trial_row, trials
-    from sweeps.search.join import joined_plan
-    from sweeps.search.overrides import trial_config
+    from sweeps.query.trials import load_student
     from sweeps.tracking.logged_run import prepare
     from sweeps.tracking.run_logger import RunLogger, student_checkpoint
 
     if rounds < 1 or local_epochs < 1:
         raise ConfigError(f"--rounds {rounds} and --local-epochs {local_epochs} must each be at least 1")
-    sources = Sources.resolve(storage, tracking_uri, store)
-    opened = sources.study(study)
-    frame = trials(study, storage=storage, tracking_uri=tracking_uri, store=store)
-    row = best(frame) if trial is None else _complete(trial_row(frame, study, trial), study)
-    number = int(row["number"])
-    plan = joined_plan(opened, store_root=sources.store.root, tracking_uri=sources.store.tracking_uri,
-                       storage_url=sources.storage_url, budget_s=1.0, started_at=time.time(), n_trials=None,
-                       invocation=FEDERATE_KIND)
-    config = trial_config(plan.search_space(), opened.trials[number])
+    chosen = choose_trial(study, trial, invocation=FEDERATE_KIND, storage=storage, tracking_uri=tracking_uri,
+                          store=store)
+    sources, row, number, config = chosen.sources, chosen.row, chosen.number, chosen.config
     if lr is not None and not lr > 0:
         raise ConfigError(f"--lr {lr} is not allowed: give a learning rate > 0")
     config = config.model_copy(update={"lr": lr if lr is not None else config.lr * _FINE_TUNE_LR})
-    task_spec = opened.user_attrs["kdsweep.task"]
+    task_spec = chosen.task_spec
     task = get_task(task_spec)
     check_task(task)  # before anything is written
     shards = deal(labels_of(task.splits().train), clients, partition, seed=seed)
@@ -97,7 +89,7 @@ def federate_trial(study: str, *, trial: int | None = None, clients: int = 4, ro
         resume = torch.load(checkpoint_path, weights_only=True)
         client.update_run(found, status="RUNNING")
     else:
-        parent = _study_run(client, study)
+        parent = study_run(client, study)
         logger = RunLogger.start(client, sources.store.experiment(client, study), f"federate-trial{number}",
                                  params={**settings, "rounds": rounds},
                                  tags={"kdsweep.kind": FEDERATE_KIND, "optuna.study": study,
@@ -148,13 +140,6 @@ def table_line(done: Federated, score: str = "accuracy") -> str:
     return f"test {score}: " + ", ".join(parts)
 
 
-def _complete(row: Any, study: str) -> Any:
-    if row["state"] != "COMPLETE":
-        raise ConfigError(f"trial {row['number']} of study {study!r} is {row['state']}, not COMPLETE: "
-                          "federate a complete trial (default: the best)")
-    return row
-
-
 def _checkpoint_path(store_root: Path, run_id: str) -> Path:
     folder = Path(store_root) / _FOLDER
     folder.mkdir(parents=True, exist_ok=True)
@@ -174,10 +159,3 @@ def _unfinished(client: Any, study: str, settings: dict[str, Any], store_root: P
         if same and (Path(store_root) / _FOLDER / f"{run.info.run_id}.pt").exists():
             return run.info.run_id
     return None
-
-
-def _study_run(client: Any, study: str) -> str | None:
-    experiment = client.get_experiment_by_name(study)
-    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`kdsweep.kind` = 'study'",
-                              max_results=1) if experiment else []
-    return runs[0].info.run_id if runs else None

@@ -330,13 +330,6 @@ def load_student(study: str, trial: int | pd.Series, *, storage: str | None = No
     """The student of trial ``trial`` (a number, or a row of ``trials``/``best``) rebuilt from its
     checkpoint artifact (loaded with ``weights_only=True``), on the CPU in eval mode."""
     import numbers
-    import tempfile
-
-    from mlflow.artifacts import download_artifacts
-
-    from kdcore import get_task
-    from kdcore._files import load_safe
-    from sweeps.tracking.run_logger import STUDENT_FORMAT
 
     number = int(trial) if isinstance(trial, numbers.Integral) else int(trial["number"])
     sources = Sources.resolve(storage, tracking_uri, store)
@@ -346,14 +339,52 @@ def load_student(study: str, trial: int | pd.Series, *, storage: str | None = No
     uri = found[0].user_attrs.get("checkpoint_uri")
     if not uri:
         raise ConfigError(f"trial {number} of study {study!r} has no checkpoint (state {found[0].state.name})")
+    return _student_at(uri, sources.store.tracking_uri)
+
+
+def load_run_student(run_id: str, *, tracking_uri: str | None = None, store: str | Path | None = None) -> nn.Module:
+    """The student a kdsweep run logged (a trial, a ``federate`` or a ``compress`` step), ready to
+    run on the CPU in eval mode: a pruned one in its pruned shape, a quantization-aware one as
+    ``kdcore.compress.deployable`` runs it (Linear layers in int8 at 8 bits)."""
+    from mlflow.exceptions import MlflowException
+
+    from sweeps.tracking.run_logger import CHECKPOINT_DIR, CHECKPOINT_FILE
+
+    paths = Store.resolve(store, tracking_uri)
+    try:
+        paths.client().get_run(run_id)
+    except MlflowException:
+        raise ConfigError(f"no run {run_id!r} in the tracking store {paths.tracking_uri}") from None
+    return _student_at(f"runs:/{run_id}/{CHECKPOINT_DIR}/{CHECKPOINT_FILE}", paths.tracking_uri)
+
+
+def _student_at(uri: str, tracking_uri: str) -> nn.Module:
+    import tempfile
+
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    from kdcore import get_task
+    from kdcore._files import load_safe
+    from kdcore.compress import deployable, rebuild
+    from sweeps.tracking.run_logger import STUDENT_FORMAT
+
     with tempfile.TemporaryDirectory() as tmp, _no_progress_bars():
-        path = download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=sources.store.tracking_uri)
+        try:
+            path = download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri)
+        except (MlflowException, OSError) as error:
+            raise ConfigError(f"no student checkpoint at {uri}: {str(error).splitlines()[0]}") from None
         checkpoint = load_safe(Path(path))
     if checkpoint.get("format") != STUDENT_FORMAT:
         raise ConfigError(f"{uri} is not a kdsweep student checkpoint (format {checkpoint.get('format')!r}, "
                           f"expected {STUDENT_FORMAT!r})")
     model = get_task(checkpoint["task"]).build_student(checkpoint["ratio"])
-    model.load_state_dict(checkpoint["state_dict"])
+    if "structure" in checkpoint:  # pruned: narrower layers than build_student's
+        rebuild(model, checkpoint["structure"], checkpoint["state_dict"])
+    else:
+        model.load_state_dict(checkpoint["state_dict"])
+    if "bits" in checkpoint:  # baked at a bit width: convert as the compress step measured it
+        model, _ = deployable(model, checkpoint["bits"])
     return model.eval()
 
 

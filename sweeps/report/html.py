@@ -187,7 +187,7 @@ def _page(study: optuna.Study, frame: pd.DataFrame, runs: ExperimentRuns, table:
               "held-out estimate; it plays no part in the choice.</p>", _table(front, columns),
               f"<h2>Top {min(_TOP, len(leaders))} trials by validation accuracy</h2>",
               "<p>Test accuracy beside it is the held-out estimate.</p>", _table(leaders, columns),
-              *_federated(runs, table)]
+              *_compressed(runs), *_federated(runs, table)]
     return _TEMPLATE.format(title=_e(f"kdsweep report: {study.study_name}"), body="\n".join(parts))
 
 
@@ -240,6 +240,51 @@ def _federated(runs: ExperimentRuns, table: dict[str, Any]) -> list[str]:
             "<p>Test accuracy of each <code>kdsweep federate</code> run's student after its FedAvg rounds, "
             "beside the teacher, the KD verdict's paired means and the trial's student it started from "
             "(docs/pipelines.md).</p>", f"<table class=num><tr>{head}</tr>{body}</table>"]
+
+
+def _compressed(runs: ExperimentRuns) -> list[str]:
+    """Seed 002's table: for each ``kdsweep compress`` call, the trial's student it started from and
+    each step after it, with accuracy, size, latency, time and peak memory; fast and full mode
+    of the same settings side by side. A step that did not finish says how it ended, with no numbers."""
+    steps = runs.of_kind("compress")
+    if not steps:
+        return []
+    calls: dict[str, list[Any]] = {}
+    for run in steps:
+        calls.setdefault(run.tags.get("kdsweep.compress_id", run.run_id), []).append(run)
+    order = sorted(calls.values(), key=lambda c: (c[0].tags.get("kdsweep.settings", ""),
+                                                  c[0].tags.get("kdsweep.mode") != "fast", c[0].start_time))
+    columns = ("final_val_acc", "test_acc", "params", "size_bytes", "latency_ms_b1", "train_time_s", "step_time_s",
+               "peak_memory_mb")
+    head = "".join(f"<th>{h}</th>" for h in ("settings", "mode", "step", "val accuracy", "test accuracy",
+                                                 "parameters", "bytes", "ms / sample (CPU, batch 1)", "training s",
+                                                 "step s", "peak memory MiB", "runs as"))
+    rows = []
+    for call in order:
+        first = call[0]
+        settings, mode = first.tags.get("kdsweep.settings", ""), first.tags.get("kdsweep.mode", "")
+        start = {k: first.metrics.get(f"input_{k}") for k in columns}
+        rows.append(_compress_row(settings, mode, f"trial {first.tags.get('kdsweep.trial', '?')}'s student",
+                                  start, "fp32", columns))
+        for run in call:
+            if run.status == "FINISHED":
+                rows.append(_compress_row(settings, mode, run.tags.get("kdsweep.step", run.name), run.metrics,
+                                          run.tags.get("runs_as", ""), columns))
+            else:
+                rows.append(f"<tr><td>{_e(settings)}</td><td>{_e(mode)}</td>"
+                            f"<td>{_e(run.tags.get('kdsweep.step', run.name))}</td>"
+                            f"<td colspan={len(columns) + 1}>{_e(run.status)}: not finished, no numbers</td></tr>")
+    return ["<h2>After the search: pruning and quantization-aware KD (seed 002)</h2>",
+            "<p>Each <code>kdsweep compress</code> call: the trial's student it started from, then structured "
+            "pruning with KD fine-tuning and quantization-aware KD training, scored on what runs (fast mode beside "
+            "full mode for the same settings; docs/pipelines.md). Peak memory is the process's resident set "
+            "on CPU, CUDA's allocated peak on a GPU.</p>", f"<table class=num><tr>{head}</tr>{''.join(rows)}</table>"]
+
+
+def _compress_row(settings: str, mode: str, step: str, numbers: dict[str, Any], runs_as: str,
+                  columns: tuple[str, ...]) -> str:
+    return (f"<tr><td>{_e(settings)}</td><td>{_e(mode)}</td><td>{_e(step)}</td>"
+            + "".join(f"<td>{_e(cell(c, numbers.get(c)))}</td>" for c in columns) + f"<td>{_e(runs_as)}</td></tr>")
 
 
 def _params_of(frame: pd.DataFrame, trial: int | None) -> Any:
