@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import os
-import resource
 import sys
 import threading
 from typing import Any
@@ -152,15 +151,17 @@ def packed_size_bytes(model: nn.Module, bits: int) -> int:
 
 
 class PeakMemory:
-    """The peak memory while the ``with`` block runs, in bytes (``peak_bytes``), and what was
-    measured (``kind``): CUDA's ``max_memory_allocated`` on ``device`` when it is a GPU; otherwise
-    the process's resident set size, sampled every 5 ms from /proc (torch's CPU tensors are not
-    Python objects, so tracemalloc would not see them). Without /proc (macOS), the process's
-    lifetime peak RSS from ``getrusage``, which may predate the block (kind says so)."""
+    """The peak memory while the ``with`` block runs, in bytes (``peak_bytes``), what it was when
+    the block started (``start_bytes``) and what was measured (``kind``): CUDA's
+    ``max_memory_allocated`` on ``device`` when it is a GPU; otherwise the process's resident set
+    size, sampled every 5 ms from /proc (torch's CPU tensors are not Python objects, so
+    tracemalloc would not see them; the RSS includes the interpreter and its libraries, hence
+    ``start_bytes``). Without /proc (macOS), the process's lifetime peak RSS from ``getrusage``,
+    which may predate the block (kind says so); on Windows, nothing (kind "unavailable", 0 bytes)."""
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
-        self.peak_bytes = 0
+        self.peak_bytes = self.start_bytes = 0
         self.kind = ""
         self._done = threading.Event()
         self._sampler: threading.Thread | None = None
@@ -169,13 +170,14 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             self.kind = "cuda_max_allocated"
+            self.start_bytes = torch.cuda.memory_allocated(self.device)
         elif os.path.exists("/proc/self/statm"):
             self.kind = "rss"
-            self.peak_bytes = _rss_bytes()
+            self.peak_bytes = self.start_bytes = _rss_bytes()
             self._sampler = threading.Thread(target=self._sample, name="kdcore-peak-memory", daemon=True)
             self._sampler.start()
         else:
-            self.kind = "rss_lifetime_peak"
+            self.kind = "rss_lifetime_peak" if sys.platform != "win32" else "unavailable"
         return self
 
     def _sample(self) -> None:
@@ -189,7 +191,9 @@ class PeakMemory:
             self._done.set()
             self._sampler.join()
             self.peak_bytes = max(self.peak_bytes, _rss_bytes())
-        else:  # ru_maxrss is in KiB on Linux, bytes on macOS
+        elif self.kind == "rss_lifetime_peak":  # ru_maxrss is in KiB on Linux, bytes on macOS
+            import resource
+
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             self.peak_bytes = peak if sys.platform == "darwin" else peak * 1024
 

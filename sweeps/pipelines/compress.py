@@ -57,7 +57,9 @@ class Step:
     latency_ms_b1: float
     train_time_s: float = 0.0
     step_time_s: float = 0.0  # pruning or conversion, training and measuring
-    peak_memory_mb: float = 0.0
+    peak_memory_mb: float = 0.0  # the process's peak RSS on CPU (imports included), CUDA's allocated peak on a GPU
+    memory_growth_mb: float = 0.0  # that peak less the same measure when the step started
+    memory_kind: str = ""  # kdcore.compress.PeakMemory.kind
     epochs_run: int = 0
     stop_reason: str = ""
     runs_as: str = "fp32"
@@ -68,7 +70,8 @@ class Step:
         numbers = {"final_val_acc": self.val_acc, "test_acc": self.test_acc, "params": self.params,
                    "size_bytes": self.size_bytes, "latency_ms_b1": self.latency_ms_b1,
                    "train_time_s": self.train_time_s, "step_time_s": self.step_time_s,
-                   "peak_memory_mb": self.peak_memory_mb, "epochs_run": self.epochs_run}
+                   "peak_memory_mb": self.peak_memory_mb, "memory_growth_mb": self.memory_growth_mb,
+                   "epochs_run": self.epochs_run}
         if self.packed_size_bytes is not None:
             numbers["packed_size_bytes"] = self.packed_size_bytes
         return {k: float(v) for k, v in numbers.items()}
@@ -232,7 +235,8 @@ def _measure(name: str, run_id: str | None, model: nn.Module, task: Task, *, run
 def _finished(step: Step, started: float, memory: Any) -> Step:
     from dataclasses import replace
 
-    return replace(step, step_time_s=time.perf_counter() - started, peak_memory_mb=memory.peak_bytes / 2**20)
+    return replace(step, step_time_s=time.perf_counter() - started, peak_memory_mb=memory.peak_bytes / 2**20,
+                   memory_growth_mb=(memory.peak_bytes - memory.start_bytes) / 2**20, memory_kind=memory.kind)
 
 
 def _checkpoint(task_spec: str, task: Task, config: TrainConfig, model: nn.Module, bits: int | None,
@@ -266,7 +270,7 @@ class _StepRun:
 
     def finish(self, step: Step, checkpoint: dict[str, Any]) -> None:
         self.logger.log_metrics(step.metrics(), tags={"stop_reason": step.stop_reason, "runs_as": step.runs_as,
-                                                      "state": "FINISHED"})
+                                                      "memory_kind": step.memory_kind, "state": "FINISHED"})
         self.logger.log_checkpoint(checkpoint)
         self.logger.finish()
 
@@ -283,11 +287,11 @@ class _StepRun:
 def table_lines(done: Compressed) -> list[str]:
     """Seed 002's table: one line per step, the student it started from first."""
     lines = [f"{'step':<8} {'val_acc':>8} {'test_acc':>8} {'params':>8} {'bytes':>8} {'ms/sample':>9} "
-             f"{'train s':>8} {'peak MiB':>8}  runs as"]
+             f"{'train s':>8} {'peak MiB (+growth)':>18}  runs as"]
     for s in done.steps:
+        memory = f"{s.peak_memory_mb:.0f} (+{s.memory_growth_mb:.0f})" if s.run_id else "-"
         lines.append(f"{s.name:<8} {s.val_acc:>8.4f} {s.test_acc:>8.4f} {s.params:>8,} {s.size_bytes:>8,} "
-                     f"{s.latency_ms_b1:>9.3f} {s.train_time_s:>8.1f} "
-                     f"{(f'{s.peak_memory_mb:.0f}' if s.run_id else '-'):>8}  {s.runs_as}"
+                     f"{s.latency_ms_b1:>9.3f} {s.train_time_s:>8.1f} {memory:>18}  {s.runs_as}"
                      + (f"; {done.bits}-bit storage would hold {s.packed_size_bytes:,} bytes"
                         if s.packed_size_bytes is not None else ""))
     return lines

@@ -255,10 +255,10 @@ def _compressed(runs: ExperimentRuns) -> list[str]:
     order = sorted(calls.values(), key=lambda c: (c[0].tags.get("kdsweep.settings", ""),
                                                   c[0].tags.get("kdsweep.mode") != "fast", c[0].start_time))
     columns = ("final_val_acc", "test_acc", "params", "size_bytes", "latency_ms_b1", "train_time_s", "step_time_s",
-               "peak_memory_mb")
+               "peak_memory_mb", "memory_growth_mb")
     head = "".join(f"<th>{h}</th>" for h in ("settings", "mode", "step", "val accuracy", "test accuracy",
                                                  "parameters", "bytes", "ms / sample (CPU, batch 1)", "training s",
-                                                 "step s", "peak memory MiB", "runs as"))
+                                                 "step s", "peak memory MiB", "of which the step's MiB", "runs as"))
     rows = []
     for call in order:
         first = call[0]
@@ -266,19 +266,19 @@ def _compressed(runs: ExperimentRuns) -> list[str]:
         start = {k: first.metrics.get(f"input_{k}") for k in columns}
         rows.append(_compress_row(settings, mode, f"trial {first.tags.get('kdsweep.trial', '?')}'s student",
                                   start, "fp32", columns))
-        for run in call:
+        for run in call:  # the call's settings and mode are on its first row only
             if run.status == "FINISHED":
-                rows.append(_compress_row(settings, mode, run.tags.get("kdsweep.step", run.name), run.metrics,
+                rows.append(_compress_row("", "", run.tags.get("kdsweep.step", run.name), run.metrics,
                                           run.tags.get("runs_as", ""), columns))
             else:
-                rows.append(f"<tr><td>{_e(settings)}</td><td>{_e(mode)}</td>"
-                            f"<td>{_e(run.tags.get('kdsweep.step', run.name))}</td>"
+                rows.append(f"<tr><td></td><td></td><td>{_e(run.tags.get('kdsweep.step', run.name))}</td>"
                             f"<td colspan={len(columns) + 1}>{_e(run.status)}: not finished, no numbers</td></tr>")
     return ["<h2>After the search: pruning and quantization-aware KD (seed 002)</h2>",
             "<p>Each <code>kdsweep compress</code> call: the trial's student it started from, then structured "
             "pruning with KD fine-tuning and quantization-aware KD training, scored on what runs (fast mode beside "
             "full mode for the same settings; docs/pipelines.md). Peak memory is the process's resident set "
-            "on CPU, CUDA's allocated peak on a GPU.</p>", f"<table class=num><tr>{head}</tr>{''.join(rows)}</table>"]
+            "on CPU (the interpreter and its libraries included; the next column is the growth during the step), "
+            "CUDA's allocated peak on a GPU.</p>", f"<table class=num><tr>{head}</tr>{''.join(rows)}</table>"]
 
 
 def _compress_row(settings: str, mode: str, step: str, numbers: dict[str, Any], runs_as: str,
