@@ -20,6 +20,7 @@ def compress(
     fast: Annotated[bool, typer.Option("--fast", help="Seed 002's fast mode: 30% of the data, half the epochs, twice the batch, AMP on a GPU, patience 2.")] = False,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs of each step (default: half of the trial's to fine-tune after pruning, a quarter for QAT; half of those with --fast).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of both steps (default: a tenth of the trial's: they fine-tune a trained student).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of both steps' batch order (default: the trial's); repeat with others to see the spread.")] = None,
     store: StoreOpt = None,
     tracking_uri: TrackingOpt = None,
     storage: StorageOpt = None,
@@ -33,7 +34,7 @@ def compress(
                       highlight=False, soft_wrap=True, markup=False)
 
     try:
-        done = compress_trial(study, trial=trial, prune=prune, bits=bits, fast=fast, epochs=epochs, lr=lr,
+        done = compress_trial(study, trial=trial, prune=prune, bits=bits, fast=fast, epochs=epochs, lr=lr, seed=seed,
                               storage=storage, tracking_uri=tracking_uri, store=store, on_step=progress)
     except KeyboardInterrupt:
         typer.echo("interrupted: the step's run is closed KILLED; the steps before it are kept", err=True)

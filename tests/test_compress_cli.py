@@ -82,7 +82,7 @@ def test_the_compressed_student_loads_exports_and_scores_as_recorded(store, comp
 def test_fast_mode_at_4_bits_and_the_report_puts_it_beside_full_mode(store, compressed, tmp_path):
     from sweeps import write_report
 
-    done = compress_trial(store.study, prune=0.5, bits=4, fast=True, epochs=1, store=store.root)
+    done = compress_trial(store.study, prune=0.5, bits=4, fast=True, epochs=1, seed=3, store=store.root)
     assert [s.name for s in done.steps] == ["start", "prune", "qat4"]
     assert done.steps[-1].runs_as.startswith("simulated") and done.steps[-1].packed_size_bytes < done.steps[-1].size_bytes
     client, runs = _compress_runs(store)
@@ -92,6 +92,7 @@ def test_fast_mode_at_4_bits_and_the_report_puts_it_beside_full_mode(store, comp
     assert [float(r.data.params["data_fraction"]) for r in fast] == pytest.approx(
         [0.3 * float(full[0].data.params["data_fraction"])] * len(fast))
     assert {r.data.params["patience"] for r in fast} == {"2"}
+    assert {r.data.params["seed"] for r in fast} == {"3"}
     page = write_report(store.study, out=tmp_path / "report", log_to_mlflow=False, store=store.root).read_text()
     assert "After the search: pruning and quantization-aware KD (seed 002)" in page
     assert "prune 0.5, 8-bit QAT" in page and "prune 0.5, 4-bit QAT" in page
@@ -126,6 +127,7 @@ def test_ctrl_c_closes_the_running_step_killed_and_keeps_nothing_running(store, 
     (("--bits", "3"), "--bits 3 is not allowed (choose 8 or 4)"),
     (("--epochs", "0"), "--epochs 0 is not allowed"),
     (("--lr", "-1"), "--lr -1.0 is not allowed"),
+    (("--seed", "-1"), "--seed -1 is not allowed"),
     (("--trial", "999"), "has no trial 999"),
 ])
 def test_bad_settings_are_one_line_and_write_nothing(store, args, message):

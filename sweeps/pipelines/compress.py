@@ -93,18 +93,21 @@ class Compressed:
         return self.steps[-1].run_id
 
 
-def step_configs(config: TrainConfig, *, fast: bool, epochs: int | None = None,
-                 lr: float | None = None) -> tuple[TrainConfig, TrainConfig]:
-    """The prune fine-tune's and the QAT's training settings, from the trial's (module docstring)."""
+def step_configs(config: TrainConfig, *, fast: bool, epochs: int | None = None, lr: float | None = None,
+                 seed: int | None = None) -> tuple[TrainConfig, TrainConfig]:
+    """The prune fine-tune's and the QAT's training settings, from the trial's (module docstring);
+    ``seed`` (default: the trial's) sets their batch order."""
     if epochs is not None and epochs < 1:
         raise ConfigError(f"--epochs {epochs} is not allowed: give at least 1 (or leave it out for the mode's default)")
     if lr is not None and not lr > 0:
         raise ConfigError(f"--lr {lr} is not allowed: give a learning rate > 0")
+    if seed is not None and seed < 0:
+        raise ConfigError(f"--seed {seed} is not allowed: give an integer >= 0")
     share = 2 if fast else 1
     prune_epochs = epochs or max(1, config.epochs // (2 * share))
     qat_epochs = epochs or max(1, config.epochs // (4 * share))
     common = {"lr": lr if lr is not None else config.lr * _FINE_TUNE_LR, "low_fidelity_epochs": 0,
-              "amp": fast}
+              "amp": fast, "seed": config.seed if seed is None else seed}
     if fast:
         common.update(data_fraction=config.data_fraction * _FAST_DATA, batch_size=config.batch_size * 2,
                       patience=_FAST_PATIENCE, min_delta=_FAST_MIN_DELTA)
@@ -113,7 +116,8 @@ def step_configs(config: TrainConfig, *, fast: bool, epochs: int | None = None,
 
 
 def compress_trial(study: str, *, trial: int | None = None, prune: float = 0.5, bits: int = 8, fast: bool = False,
-                   epochs: int | None = None, lr: float | None = None, storage: str | None = None,
+                   epochs: int | None = None, lr: float | None = None, seed: int | None = None,
+                   storage: str | None = None,
                    tracking_uri: str | None = None, store: str | Path | None = None,
                    on_step: Callable[[Step], None] | None = None) -> Compressed:
     """Prune (unless ``prune`` is 0) and train quantization-aware at ``bits`` trial ``trial``'s
@@ -136,7 +140,7 @@ def compress_trial(study: str, *, trial: int | None = None, prune: float = 0.5, 
     if task.kind != "classification":
         raise ConfigError(f"task {task.name!r} is an {task.kind} task: kdsweep compress scores and converts "
                           "classification students only")
-    prune_config, qat_config = step_configs(chosen.config, fast=fast, epochs=epochs, lr=lr)
+    prune_config, qat_config = step_configs(chosen.config, fast=fast, epochs=epochs, lr=lr, seed=seed)
 
     model = load_student(study, chosen.number, storage=storage, tracking_uri=tracking_uri, store=store)
     prepared = prepare(chosen.task_spec, chosen.sources.store, device=chosen.config.device,
@@ -156,7 +160,7 @@ def compress_trial(study: str, *, trial: int | None = None, prune: float = 0.5, 
         run = _StepRun(client, experiment, parent, f"compress-trial{chosen.number}-{name}-{mode}",
                        params={"trial": chosen.number, "step": name, "mode": mode, "prune": prune, "bits": bits,
                                **{k: getattr(config, k) for k in ("epochs", "lr", "batch_size", "data_fraction",
-                                                                   "patience", "min_delta", "amp")}},
+                                                                   "patience", "min_delta", "amp", "seed")}},
                        tags={**tags, "kdsweep.step": name})
         with run:
             run.log_input(steps[-1])
