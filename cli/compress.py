@@ -29,7 +29,7 @@ def compress(
     from sweeps.pipelines.compress import compress_trial, table_lines
 
     def progress(step) -> None:
-        console.print(f"{step.name}: val_acc {step.val_acc:.4f}, test_acc {step.test_acc:.4f}, {step.params:,} params, "
+        console.print(f"{step.name}: val {step.val_acc:.4f}, test {step.test_acc:.4f}, {step.params:,} params, "
                       f"{step.size_bytes:,} bytes, {step.step_time_s:.1f}s; MLflow run {step.run_id}",
                       highlight=False, soft_wrap=True, markup=False)
 
@@ -39,7 +39,7 @@ def compress(
     except KeyboardInterrupt:
         typer.echo("interrupted: the step's run is closed KILLED; the steps before it are kept", err=True)
         raise typer.Exit(130) from None
-    console.print(f"trial {done.trial} of '{study}' compressed ({done.mode} mode; teacher test_acc "
+    console.print(f"trial {done.trial} of '{study}' compressed ({done.mode} mode; teacher test {done.score} "
                   f"{done.teacher_test_acc:.4f}):", highlight=False, soft_wrap=True, markup=False)
     for line in table_lines(done):
         console.print(line, highlight=False, soft_wrap=True, markup=False)

@@ -36,7 +36,8 @@ def export(
     what = f"run {run} (from trial {done.trial})" if run else f"trial {done.trial}"
     for line in (f"exported {what} of '{study}' ({'INT8' if done.int8 else 'as it runs' if run else 'fp32'}, {done.format}): "
                  f"{done.path} ({done.size_bytes:,} bytes)",
-                 f"reloaded with PyTorch alone: test_acc {done.test_acc:.4f}{recorded}",
+                 f"reloaded with PyTorch alone: test_acc {done.test_acc:.4f}"
+                 + (f" (test {done.score})" if done.score != "accuracy" else "") + recorded,
                  f"load it: import torch; model = {load}"
                  + (f"; logged to run {done.run_id} under export/" if done.run_id and not no_mlflow else "")):
         console.print(line, highlight=False, soft_wrap=True, markup=False)

@@ -11,6 +11,8 @@ dictionary lookup. The points:
 - ``journal.locked``: a process holds the journal's lock, in the middle of an append.
 - ``checkpoint.shared``: a trial uploaded an epoch checkpoint to the tracking server (its lease's
   heartbeat goes on: the tests of ``kdsweep worker`` kill a host that looks alive until then).
+- ``compress.epoch``: a ``kdsweep compress`` step has logged an epoch (the Ctrl-C test signals it
+  there, mid-step, however fast the step would otherwise end).
 - ``window.close``: ``kdsweep run`` has run its trials and is about to close the study's window to
   joined workers (the scale-out test holds it there until a lost trial was resumed elsewhere).
 

@@ -40,7 +40,8 @@ def compressed(store):
 
 
 def test_each_step_is_a_child_run_with_seed_002s_numbers(store, compressed):
-    assert "prune: val_acc" in compressed.stdout and "qat8: val_acc" in compressed.stdout
+    assert "prune: val " in compressed.stdout and "qat8: val " in compressed.stdout
+    assert "teacher test accuracy" in compressed.stdout
     assert "int8 weight-only" in compressed.stdout
     client, runs = _compress_runs(store)
     prune, qat = runs
@@ -101,15 +102,12 @@ def test_fast_mode_at_4_bits_and_the_report_puts_it_beside_full_mode(store, comp
 
 def test_ctrl_c_closes_the_running_step_killed_and_keeps_nothing_running(store, tmp_path):
     _, before = _compress_runs(store)
-    known = {r.info.run_id for r in before}
-    process = Background("compress", store.study, "--epochs", "500", *store.options, cwd=tmp_path)
-
-    def training():
-        client, runs = _compress_runs(store)
-        return [r for r in runs if r.info.run_id not in known and client.get_metric_history(r.info.run_id, "val_acc")]
-
+    paused = tmp_path / "paused"
+    # The step holds after its first epoch (sweeps/_pause.py) until the signal: a digits step ends in a second.
+    process = Background("compress", store.study, *store.options, cwd=tmp_path,
+                         env={"KDSWEEP_TEST_PAUSE_AT": "compress.epoch", "KDSWEEP_TEST_PAUSE_FILE": str(paused)})
     try:
-        [run] = wait_until(training, timeout=120, process=process, what="the prune step has logged an epoch")
+        wait_until(paused.exists, timeout=120, process=process, what="the prune step has logged an epoch")
         process.signal(signal.SIGINT)
         returncode = process.wait(timeout=60)
     finally:
@@ -117,8 +115,9 @@ def test_ctrl_c_closes_the_running_step_killed_and_keeps_nothing_running(store, 
     assert returncode == 130, process.output()
     assert "interrupted: the step's run is closed KILLED" in process.output()
     _, runs = _compress_runs(store)
-    [cut] = [r for r in runs if r.info.run_id == run.info.run_id]
+    [cut] = [r for r in runs if r.info.run_id not in {b.info.run_id for b in before}]
     assert cut.info.status == "KILLED" and cut.data.tags["state"] == "INTERRUPTED"
+    assert cut.data.tags["kdsweep.step"] == "prune"
     assert all(r.info.status != "RUNNING" for r in runs)
 
 

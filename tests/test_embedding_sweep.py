@@ -73,6 +73,31 @@ def test_the_run_ends_with_the_seeds_comparison_from_paired_repeats(retrieval):
     assert "val Recall@1" in run.stdout and "test Recall@1" in run.stdout
 
 
+def test_an_exported_embedding_student_is_rescored_by_recall_at_1(retrieval, tmp_path):
+    from sweeps import best, export_student
+
+    store, _ = retrieval
+    chosen = best("r", store=store)
+    done = export_student("r", tmp_path / "student.pt2", store=store, log_to_mlflow=False)
+    # The reloaded file's own Recall@1, as the trial recorded it: not an argmax over embedding dimensions.
+    assert done.score == "Recall@1"
+    assert done.test_acc == pytest.approx(chosen["test_acc"], abs=1e-4)
+    assert done.checkpoint_test_acc == pytest.approx(chosen["test_acc"])
+
+
+def test_an_embedding_student_compresses_and_exports_scored_by_recall_at_1(retrieval, tmp_path):
+    from sweeps import best, compress_trial, export_student
+
+    store, _ = retrieval
+    done = compress_trial("r", prune=0.5, bits=8, epochs=2, store=store)
+    start, pruned, quantized = done.steps
+    assert done.score == "Recall@1" and start.test_acc == pytest.approx(best("r", store=store)["test_acc"])
+    assert pruned.params < start.params and quantized.size_bytes < pruned.size_bytes
+    assert 0.3 < quantized.test_acc <= 1  # Recall@1 of what runs; an argmax over embedding dimensions is near 0.1
+    exported = export_student("r", tmp_path / "student.pt2", run=done.run_id, store=store, log_to_mlflow=False)
+    assert exported.score == "Recall@1" and exported.test_acc == pytest.approx(quantized.test_acc, abs=1e-4)
+
+
 def test_the_comparison_line_is_withheld_for_an_incomplete_verdict():
     table = {"kd_verdict": "helps", "teacher_test_acc": 0.9, "nokd_test_acc": 0.8, "distilled_test_acc": 0.85,
              "kd_gain": 0.05, "kd_gain_ci95_low": 0.01, "kd_gain_ci95_high": 0.09, "kd_repeats": 3}

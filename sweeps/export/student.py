@@ -28,10 +28,11 @@ class Exported:
     format: str
     trial: int
     int8: bool  # --int8: post-training INT8 of the trial's student
-    test_acc: float  # the reloaded file's, on the test split
+    test_acc: float  # the reloaded file's score on the test split (accuracy, or Recall@1)
     checkpoint_test_acc: float | None  # what the trial recorded for the same model (fp32 or INT8)
     size_bytes: int
     run_id: str | None
+    score: str = "accuracy"  # what test_acc measures: accuracy, or Recall@1 for an embedding task
 
 
 def export_student(study: str, out: str | Path, *, trial: int | None = None, format: str = "pt2",
@@ -86,11 +87,11 @@ def export_student(study: str, out: str | Path, *, trial: int | None = None, for
         raise ConfigError(f"cannot export trial {number} as {format}: {type(error).__name__}: "
                           f"{' '.join(str(error).split())[:300]}; try --format {other}") from None
     reloaded = _load(out, format)
-    test_acc = _accuracy(reloaded, test)
+    test_acc = _score(reloaded, test, task.kind)
     if log_to_mlflow and run_id:
         Sources.resolve(storage, tracking_uri, store).store.client().log_artifact(run_id, str(out), "export")
     return Exported(out, format, number, int8, test_acc, None if recorded != recorded else float(recorded),
-                    out.stat().st_size, run_id)
+                    out.stat().st_size, run_id, "Recall@1" if task.kind == "embedding" else "accuracy")
 
 
 def _logged_run(study: str, run_id: str, tracking_uri, store) -> tuple[int, float, str]:
@@ -148,18 +149,25 @@ def _load(path: Path, format: str):
     return torch.export.load(str(path)).module()
 
 
-def _accuracy(model, dataset) -> float:
+def _score(model, dataset, kind: str) -> float:
+    """The task's score of the reloaded file on ``dataset``: accuracy, or an embedding task's
+    Recall@1 (the same numbers the trial recorded as test_acc)."""
     import torch
     from torch.utils.data import DataLoader
 
-    correct = total = 0
+    from kdcore import recall_at_k
+
     with contextlib.suppress(NotImplementedError):  # a torch.export module has no train/eval switch
         model.eval()
+    outputs, labels = [], []
     with torch.no_grad():
         for x, y in DataLoader(dataset, batch_size=256):
-            correct += int((model(x).argmax(dim=-1) == y).sum())
-            total += len(y)
-    return correct / total
+            outputs.append(model(x))
+            labels.append(y)
+    outputs, labels = torch.cat(outputs), torch.cat(labels)
+    if kind == "embedding":
+        return recall_at_k(outputs.float(), labels, ks=(1,))[1]
+    return float((outputs.argmax(dim=-1) == labels).float().mean())
 
 
 def _suffix(format: str) -> str:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdcore import ConfigError
+from sweeps._pause import pause_at
 
 if TYPE_CHECKING:
     import torch
@@ -86,6 +87,7 @@ class Compressed:
     bits: int
     teacher_test_acc: float
     steps: list[Step]  # start, then each step run
+    score: str = "accuracy"  # what the *_acc numbers measure: accuracy, or Recall@1 for an embedding task
 
     @property
     def run_id(self) -> str:
@@ -137,9 +139,6 @@ def compress_trial(study: str, *, trial: int | None = None, prune: float = 0.5, 
     chosen = choose_trial(study, trial, invocation=COMPRESS_KIND, storage=storage, tracking_uri=tracking_uri,
                           store=store)
     task = get_task(chosen.task_spec)
-    if task.kind != "classification":
-        raise ConfigError(f"task {task.name!r} is an {task.kind} task: kdsweep compress scores and converts "
-                          "classification students only")
     prune_config, qat_config = step_configs(chosen.config, fast=fast, epochs=epochs, lr=lr, seed=seed)
 
     model = load_student(study, chosen.number, storage=storage, tracking_uri=tracking_uri, store=store)
@@ -173,7 +172,8 @@ def compress_trial(study: str, *, trial: int | None = None, prune: float = 0.5, 
         steps.append(step)
         if on_step is not None:
             on_step(step)
-    return Compressed(study, chosen.number, mode, prune, bits, prepared.teacher.test_acc, steps)
+    return Compressed(study, chosen.number, mode, prune, bits, prepared.teacher.test_acc, steps,
+                      "Recall@1" if task.kind == "embedding" else "accuracy")
 
 
 def _prune_step(model: nn.Module, task: Task, prepared: Any, config: TrainConfig, amount: float,
@@ -185,7 +185,7 @@ def _prune_step(model: nn.Module, task: Task, prepared: Any, config: TrainConfig
     with PeakMemory(_device(config)) as memory:
         pruned = prune_channels(model, _example(task), amount)
         result = train(task, config, teacher=prepared.teacher_logits(config), build_model=lambda: pruned,
-                       on_epoch=run.logger.log_epoch)
+                       on_epoch=run.log_epoch)
         pruned.load_state_dict(result.state_dict)
         pruned = pruned.cpu().eval()
         step = _measure("prune", run.logger.run_id, pruned, task, runs_as="fp32", result=result)
@@ -203,7 +203,7 @@ def _qat_step(model: nn.Module, task: Task, prepared: Any, config: TrainConfig, 
     with PeakMemory(_device(config)) as memory:
         quantizing = fake_quantize(copy.deepcopy(model), bits)
         result = train(task, config, teacher=prepared.teacher_logits(config), build_model=lambda: quantizing,
-                       on_epoch=run.logger.log_epoch)
+                       on_epoch=run.log_epoch)
         quantizing.load_state_dict(result.state_dict)
         baked = bake(quantizing).cpu().eval()
         runs, how = deployable(baked, bits)
@@ -214,7 +214,8 @@ def _qat_step(model: nn.Module, task: Task, prepared: Any, config: TrainConfig, 
 
 def _measure(name: str, run_id: str | None, model: nn.Module, task: Task, *, runs_as: str, result: Any = None,
              params_of: nn.Module | None = None, packed: int | None = None) -> Step:
-    """Score ``model`` (what runs, on CPU) on validation and test, and time it."""
+    """Score ``model`` (what runs, on CPU) on validation and test by its task's score (accuracy, or
+    an embedding task's Recall@1), and time it."""
     import contextlib
     import io
 
@@ -222,12 +223,12 @@ def _measure(name: str, run_id: str | None, model: nn.Module, task: Task, *, run
 
     from kdcore.cost import latency_ms
     from kdcore.data import BatchSource
-    from kdcore.trainer import evaluate
+    from kdcore.objective import evaluate_model
 
     splits = task.splits()
     cpu = torch.device("cpu")
-    _, val_acc = evaluate(model, BatchSource(splits.val, 256, cpu), contextlib.nullcontext)
-    _, test_acc = evaluate(model, BatchSource(splits.test, 256, cpu), contextlib.nullcontext)
+    val_acc, test_acc = (evaluate_model(task, model, BatchSource(split, 256, cpu), contextlib.nullcontext).score
+                         for split in (splits.val, splits.test))
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return Step(name, run_id, val_acc, test_acc, _params(params_of or model), buffer.tell(),
@@ -268,6 +269,10 @@ class _StepRun:
 
         self.logger = RunLogger.start(client, experiment, name, params=params, tags=tags, parent_run_id=parent)
 
+    def log_epoch(self, epoch: Any) -> None:
+        self.logger.log_epoch(epoch)
+        pause_at("compress.epoch")
+
     def log_input(self, step: Step) -> None:
         self.logger.log_metrics({f"input_{k}": v for k, v in step.metrics().items()
                                  if k in ("final_val_acc", "test_acc", "params", "size_bytes", "latency_ms_b1")})
@@ -290,7 +295,8 @@ class _StepRun:
 
 def table_lines(done: Compressed) -> list[str]:
     """Seed 002's table: one line per step, the student it started from first."""
-    lines = [f"{'step':<8} {'val_acc':>8} {'test_acc':>8} {'params':>8} {'bytes':>8} {'ms/sample':>9} "
+    val, test = ("val_acc", "test_acc") if done.score == "accuracy" else ("val R@1", "test R@1")
+    lines = [f"{'step':<8} {val:>8} {test:>8} {'params':>8} {'bytes':>8} {'ms/sample':>9} "
              f"{'train s':>8} {'peak MiB (+growth)':>18}  runs as"]
     for s in done.steps:
         memory = f"{s.peak_memory_mb:.0f} (+{s.memory_growth_mb:.0f})" if s.run_id else "-"
