@@ -7,6 +7,7 @@ database created), so no test pays for the teacher or MLflow's schema migrations
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -68,6 +69,7 @@ def write_sweep_file(path: Path, content: dict[str, Any]) -> Path:
 def cli_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "KDSWEEP_STORE")}
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT prints every thread's stack: what a hung process shows a test
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
 
@@ -108,15 +110,26 @@ class Background:
         self.err = (cwd / f"stderr{name}.txt").open("w")
         self.cwd = cwd
         self.name = name
+        # SIGINT as in a terminal's foreground job: pytest started in the background (a CI script,
+        # `cmd &`) hands SIGINT down ignored, and Python then never raises KeyboardInterrupt.
         self.process = subprocess.Popen(kdsweep_command(*args), cwd=cwd, env={**cli_env(), **(env or {})},
-                                        stdout=self.out, stderr=self.err, text=True)
+                                        stdout=self.out, stderr=self.err, text=True,
+                                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
 
     def wait(self, timeout: float) -> int:
+        """The exit code; a process still running after ``timeout`` is made to print its threads'
+        stacks (SIGABRT, faulthandler) and the test fails with them."""
         try:
             return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=10)
+            stderr = (self.cwd / f"stderr{self.name}.txt").read_text()[-12000:]
+            raise AssertionError(f"still running {timeout:.0f} s on; its stderr, stacks last:\n{stderr}") from None
         finally:
             self.out.close()
             self.err.close()
