@@ -189,7 +189,7 @@ def _prune_step(model: nn.Module, task: Task, prepared: Any, config: TrainConfig
         pruned.load_state_dict(result.state_dict)
         pruned = pruned.cpu().eval()
         step = _measure("prune", run.logger.run_id, pruned, task, runs_as="fp32", result=result)
-    run.logger.log_metrics({"sparsity": 1 - step.params / _params(model)},
+    run.logger.log_metrics({"sparsity": 1 - step.params / sum(p.numel() for p in model.parameters())},
                            tags={"prune_criterion": PRUNE_CRITERION})
     return pruned, _finished(step, started, memory)
 
@@ -208,31 +208,29 @@ def _qat_step(model: nn.Module, task: Task, prepared: Any, config: TrainConfig, 
         baked = bake(quantizing).cpu().eval()
         runs, how = deployable(baked, bits)
         step = _measure(f"qat{bits}", run.logger.run_id, runs, task, runs_as=how, result=result,
-                        params_of=baked, packed=packed_size_bytes(baked, bits))
+                        packed=packed_size_bytes(baked, bits))
     return baked, _finished(step, started, memory)
 
 
 def _measure(name: str, run_id: str | None, model: nn.Module, task: Task, *, runs_as: str, result: Any = None,
-             params_of: nn.Module | None = None, packed: int | None = None) -> Step:
+             packed: int | None = None) -> Step:
     """Score ``model`` (what runs, on CPU) on validation and test by its task's score (accuracy, or
-    an embedding task's Recall@1), and time it."""
+    an embedding task's Recall@1), count and size it as a trial's student is, and time it."""
     import contextlib
-    import io
 
     import torch
 
     from kdcore.cost import latency_ms
     from kdcore.data import BatchSource
     from kdcore.objective import evaluate_model
+    from kdcore.trainer import count_parameters
 
     splits = task.splits()
     cpu = torch.device("cpu")
     val_acc, test_acc = (evaluate_model(task, model, BatchSource(split, 256, cpu), contextlib.nullcontext).score
                          for split in (splits.val, splits.test))
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    return Step(name, run_id, val_acc, test_acc, _params(params_of or model), buffer.tell(),
-                latency_ms(model, splits.train[0][0]),
+    params, size_bytes = count_parameters(model)  # an int8 copy counts the same parameters, in fewer bytes
+    return Step(name, run_id, val_acc, test_acc, params, size_bytes, latency_ms(model, splits.train[0][0]),
                 train_time_s=result.train_time_s if result else 0.0, epochs_run=result.epochs_run if result else 0,
                 stop_reason=result.stop_reason if result else "", runs_as=runs_as, packed_size_bytes=packed)
 
@@ -312,10 +310,6 @@ def _example(task: Task) -> torch.Tensor:
 
     train = task.splits().train
     return torch.stack([train[i][0] for i in range(min(_EXAMPLE_BATCH, len(train)))])
-
-
-def _params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def _device(config: TrainConfig) -> str:
