@@ -7,6 +7,7 @@ alpha of a sweep, and a trainer fed from it runs no teacher forward pass at all.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -58,36 +59,66 @@ def teacher_outputs(
 ) -> CachedOutputs:
     """The teacher's logits from ``cache_root``, computing and storing them on a miss.
 
-    A cache file that is truncated, corrupt or made for other weights or data is detected,
-    logged and rebuilt, never used.
+    A file is published only once it has passed every check: it is written under a temporary name,
+    read back, checksummed and spot-checked against a live forward of the teacher, then renamed;
+    one that fails leaves nothing behind. A hit gets the same spot check before it is used. A file
+    that is truncated, corrupt, made for other weights or data, or that disagrees with the teacher
+    is logged and rebuilt, never used; CacheError when the rebuilt logits disagree too (a teacher
+    that is random in eval mode).
     """
     key = cache_key(task, teacher_digest)
     path = Path(cache_root) / key / "logits.pt"
     splits = task.splits()
     names = _split_names(splits)
+    torch_device = resolve_device(device)
+    # Logits have one column per class; an embedding has whatever width the teacher gives.
+    width = task.num_classes if task.kind == "classification" else None
     if path.exists():
-        # Logits have one column per class; an embedding has whatever width the teacher gives.
-        problem = _verify(path, key, splits, task.num_classes if task.kind == "classification" else None)
+        problem = _verify(path, key, splits, width)
         if problem is None:
             saved = load_safe(path)
-            return CachedOutputs(TeacherLogits(*(saved[s] for s in names)), path, True, 0.0)
+            problem = _disagreement(teacher, splits.train, saved["train"], torch_device)
+            if problem is None:
+                return CachedOutputs(TeacherLogits(*(saved[s] for s in names)), path, True, 0.0)
         log.warning("teacher cache %s is unusable (%s); rebuilding it", path, problem)
 
     started = time.perf_counter()
-    torch_device = resolve_device(device)
     teacher = teacher.to(torch_device).eval()
     logits = {s: _forward(teacher, getattr(splits, s), torch_device) for s in names}
     for split, values in logits.items():
         # -inf is a class the teacher rules out (its probability is 0); NaN or +inf has no meaning.
         if torch.isnan(values).any() or torch.isposinf(values).any():
+            teacher.cpu()
             raise CacheError(f"the teacher's logits on the {split} split contain NaN or +inf: "
                              "check the teacher's weights and its forward pass")
-    save_atomic({"format": CACHE_FORMAT, "key": key, **logits,
-                 "sha256": {s: tensor_digest(logits[s]) for s in names}}, path)
-    saved = load_safe(path)
-    _spot_check(teacher, splits.train, saved["train"], torch_device)
+    saved = _publish({"format": CACHE_FORMAT, "key": key, **logits,
+                      "sha256": {s: tensor_digest(logits[s]) for s in names}}, path,
+                     lambda written: _verify(written, key, splits, width)
+                     or _disagreement(teacher, splits.train, load_safe(written)["train"], torch_device))
     teacher.cpu()
     return CachedOutputs(TeacherLogits(*(saved[s] for s in names)), path, False, time.perf_counter() - started)
+
+
+def _publish(payload: dict, path: Path, problem_with) -> dict:
+    """Write ``payload`` under a temporary name beside ``path``, and rename it to ``path`` only if
+    ``problem_with(temporary)`` finds nothing wrong; else remove it and raise CacheError. Returns
+    the payload as read back from the published file."""
+    import os
+    import uuid
+
+    staged = path.parent / f".{path.name}.{uuid.uuid4().hex}.staged"
+    try:
+        save_atomic(payload, staged)
+        problem = problem_with(staged)
+        if problem is not None:
+            raise CacheError(f"the teacher's outputs failed their check, so nothing was cached: {problem}")
+        saved = load_safe(staged)
+        os.replace(staged, path)
+        return saved
+    finally:
+        staged.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the key's folder, if this left it empty
+            path.parent.rmdir()
 
 
 @torch.no_grad()
@@ -122,11 +153,15 @@ def _verify(path: Path, key: str, splits, num_classes: int | None) -> str | None
 
 
 @torch.no_grad()
-def _spot_check(teacher: nn.Module, dataset: Dataset, cached: torch.Tensor, device: torch.device) -> None:
-    """Compare a few cached rows with a fresh teacher forward of the same samples."""
+def _disagreement(teacher: nn.Module, dataset: Dataset, cached: torch.Tensor, device: torch.device) -> str | None:
+    """None when a few cached rows match a fresh teacher forward of the same samples, else what differs."""
     picks = torch.linspace(0, len(dataset) - 1, min(_SPOT_CHECKS, len(dataset))).long()
     x = torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in picks]).to(device)
+    teacher = teacher.to(device).eval()
     live = teacher(x).float().cpu()
-    if not torch.allclose(live, cached[picks], rtol=1e-4, atol=1e-4):
-        raise CacheError("cached teacher logits differ from a live forward of the same samples: "
-                         "is the teacher random in eval mode (dropout, sampling)? Make it deterministic.")
+    if torch.allclose(live, cached[picks], rtol=1e-4, atol=1e-4):
+        return None
+    worst = (live - cached[picks]).abs().nan_to_num(float("inf")).max().item()
+    return (f"a fresh teacher forward of the same samples gives other logits (up to {worst:.3g} apart): the teacher or "
+            "the data is random at read time (dropout or sampling in eval mode, augmentation in __getitem__); "
+            "make both deterministic")

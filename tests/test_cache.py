@@ -136,6 +136,40 @@ def test_teacher_random_in_eval_mode_raises_cache_error(digits, teacher, cache_r
         teacher_outputs(digits, noisy, "noisy-teacher", cache_root, device="cpu")
 
 
+def test_a_cache_that_fails_its_spot_check_leaves_nothing_behind(digits, teacher, cache_root):
+    with pytest.raises(CacheError):
+        teacher_outputs(digits, _NoisyTeacher(teacher.model), "noisy-teacher", cache_root, device="cpu")
+
+    assert not cache_root.exists() or not any(cache_root.rglob("*"))
+
+
+def test_a_rejected_cache_is_rejected_again_on_the_next_call(digits, teacher, cache_root):
+    # The old cache saved the file before its spot check, so the second call trusted it.
+    noisy = _NoisyTeacher(teacher.model)
+    for _ in range(2):
+        with pytest.raises(CacheError, match="deterministic"):
+            teacher_outputs(digits, noisy, "noisy-teacher", cache_root, device="cpu")
+
+
+def _consistent_but_wrong(path):
+    """Other logits with checksums that match them: only a comparison with the teacher can tell."""
+    saved = torch.load(path, weights_only=True)
+    saved["train"] = saved["train"] + 1.0
+    saved["sha256"]["train"] = tensor_digest(saved["train"])
+    torch.save(saved, path)
+
+
+def test_a_cache_hit_is_spot_checked_against_the_teacher_before_use(digits, teacher, built, cache_root, caplog):
+    _consistent_but_wrong(built.path)
+
+    with caplog.at_level(logging.WARNING, logger="kdsweep"):
+        again = teacher_outputs(digits, teacher.model, teacher.digest, cache_root, device="cpu")
+
+    assert not again.hit
+    assert "fresh teacher forward" in caplog.text
+    assert _same_logits(again.logits, built.logits)
+
+
 def test_teacher_logits_with_nan_are_refused_before_anything_is_cached(digits, teacher, cache_root):
     broken = copy.deepcopy(teacher.model)
     with torch.no_grad():
