@@ -161,6 +161,16 @@ def _no_alias_loader(path: Path) -> type:
     return NoAliasLoader
 
 
+def set_threads(threads: int | None) -> int:
+    """Torch threads for a command that trains in this one process (``--threads``, else 1):
+    checked against the usable cores (ConfigError), then set; returns the number."""
+    from kdcore.threads import plan_threads, use_threads
+
+    _, per_job, _ = plan_threads(1, threads)
+    use_threads(per_job)
+    return per_job
+
+
 def given(**flags: Any) -> dict[str, Any]:
     """The flags the user actually passed (Typer gives None for the others)."""
     return {name: value for name, value in flags.items() if value is not None}

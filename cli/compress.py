@@ -6,9 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli._common import console, user_errors
+from cli._common import console, set_threads, user_errors
 from cli.query import StorageOpt, StudyArg
-from cli.train import StoreOpt, TrackingOpt
+from cli.train import StoreOpt, ThreadsOpt, TrackingOpt
 
 
 @user_errors
@@ -24,9 +24,12 @@ def compress(
     store: StoreOpt = None,
     tracking_uri: TrackingOpt = None,
     storage: StorageOpt = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Prune a trial's distilled student, fine-tune it with the KD loss, train it quantization-aware at 8 or 4 bits and convert it; each step is an MLflow child run with accuracy, size, latency, time and peak memory."""
     from sweeps.pipelines.compress import compress_trial, table_lines
+
+    set_threads(threads)
 
     def progress(step) -> None:
         console.print(f"{step.name}: val {step.val_acc:.4f}, test {step.test_acc:.4f}, {step.params:,} params, "

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli._common import console, user_errors
+from cli._common import console, set_threads, user_errors
 from cli.query import StorageOpt, StudyArg
 from cli.train import StoreOpt, TrackingOpt
 
@@ -28,6 +28,7 @@ def export(
     """Write a trial's student (fp32 or INT8) as TorchScript or torch.export, reload it with PyTorch alone and re-score it on the test split."""
     from sweeps.export import export_student
 
+    set_threads(None)  # the re-score runs the student: one thread, as every command that runs a model
     done = export_student(study, out, trial=trial, format=format, int8=int8, run=run, log_to_mlflow=not no_mlflow,
                           storage=storage, tracking_uri=tracking_uri, store=store)
     recorded = (f"; {'its run' if run else 'the trial'} recorded {done.checkpoint_test_acc:.4f}"

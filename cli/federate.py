@@ -6,9 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli._common import console, user_errors
+from cli._common import console, set_threads, user_errors
 from cli.query import StorageOpt, StudyArg
-from cli.train import StoreOpt, TrackingOpt
+from cli.train import StoreOpt, ThreadsOpt, TrackingOpt
 
 
 @user_errors
@@ -24,9 +24,12 @@ def federate(
     store: StoreOpt = None,
     tracking_uri: TrackingOpt = None,
     storage: StorageOpt = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Train a trial's distilled student across simulated clients with FedAvg (seed 004); each round and the final table go to MLflow; an interrupted run resumes with the same command."""
     from sweeps.pipelines.federate import federate_trial, table_line
+
+    set_threads(threads)
 
     def progress(result) -> None:
         clients_text = " ".join(f"{acc:.3f}" for acc in result.client_val_acc)

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli._common import exit_aborted, given, read_config, user_errors
+from cli._common import console, exit_aborted, given, read_config, user_errors
 from cli.train import StoreOpt, TaskOpt, TrackingOpt
 
 _SEARCH = "Search"
@@ -23,7 +23,8 @@ def run(
     budget: Annotated[Optional[str], typer.Option(help="Wall-clock budget of the whole run, teacher included: 2h, 45m, 90s (default: 15m).")] = None,
     n_trials: Annotated[Optional[int], typer.Option(help="Stop after this many trials in this run (default: only the budget stops it).")] = None,
     study: Annotated[Optional[str], typer.Option(help="Study name (letters, digits, _ . -); an existing study resumes (default: the config file's name, else the task).")] = None,
-    jobs: Annotated[Optional[int], typer.Option(help="Parallel worker processes, at most 4 per CPU core (default: 1).")] = None,
+    jobs: Annotated[Optional[int], typer.Option(help="Parallel worker processes; more than the usable cores run as that many (default: 1).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Torch threads per job; jobs x threads at most the usable cores (default: 1, fastest for small models and on a busy machine).")] = None,
     sampler: Annotated[Optional[str], typer.Option(help="tpe, random, grid, cmaes or qmc (default: tpe).", rich_help_panel=_SEARCH)] = None,
     pruner: Annotated[Optional[str], typer.Option(help="median, hyperband or none (default: median).", rich_help_panel=_SEARCH)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Sampler seed, 0 to 2**32-1 (default: 0).", rich_help_panel=_SEARCH)] = None,
@@ -44,7 +45,10 @@ def run(
 ) -> None:
     """Search T, alpha, compression ratio and lr with Optuna under a time budget; log every trial to MLflow; end with the KD verdict."""
     started = time.time()
+    from dataclasses import replace
+
     from kdcore import DEFAULT_TASK, get_task, make_config
+    from kdcore.threads import plan_threads
     from sweeps.search.budget import parse_budget
     from sweeps.search.fidelity import Fidelity
     from sweeps.search.objectives import LIMITS, Objective
@@ -59,7 +63,7 @@ def run(
     text, settings = read_config(config) if config else (None, {})
     file = make_config(SweepFile, **settings)
     options = {**file.model_dump(exclude_none=True), **given(
-        task=task, budget=budget, n_trials=n_trials, study=study, jobs=jobs, sampler=sampler, pruner=pruner,
+        task=task, budget=budget, n_trials=n_trials, study=study, jobs=jobs, threads=threads, sampler=sampler, pruner=pruner,
         seed=seed, min_epochs=min_epochs, fidelity=fidelity, enqueue_presets=enqueue_presets, storage=storage, repeats=repeats,
         objective=objective, cost=cost, max_params=max_params, max_flops=max_flops, max_latency_ms=max_latency_ms,
         max_size=max_size, min_retention=min_retention)}
@@ -74,6 +78,7 @@ def run(
     space = options.get("space", default_space(the_task.kind) if the_task.kind != "classification" else None)
     fixed = with_task_defaults(space, options.get("train", {}), the_task.defaults())
     paths = Store.resolve(store, tracking_uri)
+    paths.read_task_data()
     plan = SweepPlan(
         study=options["study"] if "study" in options
         else folder_name(config.stem if config else task_spec.replace(":", "-")),
@@ -86,6 +91,10 @@ def run(
         jobs=options.get("jobs", 1), repeats=options.get("repeats", DEFAULT_REPEATS), objective=goal,
         fidelity=Fidelity.parse(options.get("fidelity")))
     check_sweep(plan, bool(options.get("enqueue_presets")), pruner_given=pruner_given)
+    workers, per_job, note = plan_threads(plan.jobs, options.get("threads"))
+    plan = replace(plan, jobs=workers, threads=per_job)
+    if note:
+        console.print(note, highlight=False, soft_wrap=True, markup=False)
 
     from cli.sweep_view import print_summary, sweep_view
     from sweeps.search.sweep import run_sweep

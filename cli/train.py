@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli._common import console, given, read_yaml, user_errors
+from cli._common import console, given, read_yaml, set_threads, user_errors
 
 _STORE = "Store"
 StoreOpt = Annotated[Optional[Path], typer.Option(
@@ -16,6 +16,9 @@ StoreOpt = Annotated[Optional[Path], typer.Option(
 TrackingOpt = Annotated[Optional[str], typer.Option(
     "--tracking-uri", help="MLflow tracking URI (default: sqlite:///<store>/mlflow.db, or "
     "$MLFLOW_TRACKING_URI).", rich_help_panel=_STORE)]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", help="Torch threads, at most the usable cores (default: 1, fastest for small models and on a "
+    "busy machine).", rich_help_panel="Training")]
 # TrainConfig's defaults, for --help without importing kdcore (tests check they agree); a task's
 # defaults() may replace them (mnist1d trains 60 epochs on 30% of its labels).
 TRAIN_DEFAULTS = {"temperature": 4.0, "alpha": 0.7, "ratio": 0.5, "lr": 0.003, "epochs": 40, "data_fraction": 1.0,
@@ -52,6 +55,7 @@ def train(
     seed: Annotated[Optional[int], typer.Option(help=_help("Seed of the initialisation and batch order", "seed"), rich_help_panel="Training")] = None,
     data_seed: Annotated[Optional[int], typer.Option(help=_help("Seed of the labelled data-fraction subset", "data_seed"), rich_help_panel="Training")] = None,
     device: Annotated[Optional[str], typer.Option(help=_help("auto, cpu, cuda or cuda:N", "device"), rich_help_panel="Training")] = None,
+    threads: ThreadsOpt = None,
     repeats: Annotated[Optional[int], typer.Option(help="Judge distillation instead of one run: train this config and its no-KD twin this many times each (paired seeds seed+1..seed+K) and print the gain with its 95% interval; 2 or more (default: one run, no verdict).", rich_help_panel="Verdict")] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.", rich_help_panel=_STORE)] = "kdsweep-train",
     run_name: Annotated[Optional[str], typer.Option(help="MLflow run name (default: MLflow picks one).", rich_help_panel=_STORE)] = None,
@@ -72,6 +76,10 @@ def train(
                           label_smoothing=label_smoothing, grad_accum_steps=grad_accum_steps, seed=seed,
                           data_seed=data_seed, device=device))
     task_spec = str(settings.pop("task", DEFAULT_TASK))
+    from sweeps.tracking.store import Store
+
+    paths = Store.resolve(store, tracking_uri)
+    paths.read_task_data()  # the checks below read the task's data
     task_object = get_task(task_spec)
     train_config = make_config(TrainConfig, **{**task_object.defaults(), **settings})
     check_config(task_object, train_config)
@@ -80,11 +88,10 @@ def train(
     if repeats is not None and not train_config.distills():
         raise ConfigError("--repeats compares distillation with its no-KD twin, but alpha=0 is already no KD: "
                           "give --alpha above 0")
+    set_threads(threads)
 
     from cli._prepare import prepare_task
-    from sweeps.tracking.store import Store
 
-    paths = Store.resolve(store, tracking_uri)
     paths.check_database()
     paths.check_reachable()
     paths.create()
@@ -168,16 +175,19 @@ def teacher(
     store: StoreOpt = None,
     teachers: Annotated[int, typer.Option(help="How many of the task's teachers to prepare: more than 1 also "
                                                "trains its ensemble (Task.teachers).")] = 1,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Train (or load) the task's teacher, save it in the store and cache its outputs."""
     from kdcore import DEFAULT_TASK, TrainConfig, check_config, get_task, make_config
-
-    task_object = get_task(task or DEFAULT_TASK)
-    check_config(task_object, make_config(TrainConfig, **{**task_object.defaults(), "device": device,
-                                                          "teachers": teachers}))
-    from cli._prepare import prepare_task
     from sweeps.tracking.store import Store
 
     paths = Store.resolve(store)
+    paths.read_task_data()
+    task_object = get_task(task or DEFAULT_TASK)
+    check_config(task_object, make_config(TrainConfig, **{**task_object.defaults(), "device": device,
+                                                          "teachers": teachers}))
+    set_threads(threads)
+    from cli._prepare import prepare_task
+
     paths.create()
     prepare_task(task or DEFAULT_TASK, paths, device, teachers=teachers)

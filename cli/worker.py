@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli._common import console, exit_aborted, user_errors
-from cli.train import StoreOpt, TrackingOpt
+from cli._common import console, exit_aborted, set_threads, user_errors
+from cli.train import StoreOpt, ThreadsOpt, TrackingOpt
 
 
 @user_errors
@@ -19,6 +19,7 @@ def worker(
     budget: Annotated[Optional[str], typer.Option(help="Wall-clock budget of this worker: 2h, 45m, 90s; it also stops when the study's run stops taking trials (default: until then).")] = None,
     n_trials: Annotated[Optional[int], typer.Option(help="Stop after this many trials (default: only the budget and the run stop it).")] = None,
     store: StoreOpt = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Run trials of a study that `kdsweep run` is running on another host (same space and settings, read from the study), with the teacher and its cache downloaded from the tracking server."""
     started = time.time()
@@ -35,7 +36,9 @@ def worker(
 
     budget_s = parse_budget(budget) if budget else 365 * 86_400.0
     paths = Store.resolve(store, tracking_uri)
+    paths.read_task_data()
     check_worker(study, storage, paths, n_trials)
+    set_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     loaded = optuna.load_study(study_name=study, storage=open_storage(storage))
     plan = joined_plan(loaded, store_root=paths.root, tracking_uri=paths.tracking_uri, storage_url=storage,

@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from kdcore.config import TrainConfig
+from kdcore.task_data import task_data
 from kdcore.tasks._split import carve_validation
 from kdcore.tasks.base import Splits, Task, TeacherSpec
 from kdcore.tasks.models import ConvNet1d, scaled_width
@@ -17,12 +18,12 @@ from kdcore.tasks.models import ConvNet1d, scaled_width
 _LENGTH = 40
 _DATA_SEED = 42  # mnist1d's own default: the published train/test data
 _POOL_SEED = 1_042  # the transfer set's generator seed: other random draws than the labelled data
+_VAL_SIZE = 500
 
 
-@functools.cache
 def _generate(seed: int, num_samples: int | None, train_split: float) -> dict:
-    """``mnist1d.make_dataset`` once per process (a sweep's worker thread builds its own task; the
-    20,000-signal pool takes seconds to draw)."""
+    """``mnist1d.make_dataset``: seconds on a quiet machine, minutes on a busy one, so its results are
+    kept in the store (kdcore.task_data), keyed by every input they depend on."""
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
@@ -32,11 +33,32 @@ def _generate(seed: int, num_samples: int | None, train_split: float) -> dict:
     return make_dataset(args)
 
 
+def _key(what: str) -> str:
+    from importlib.metadata import version
+
+    return f"mnist1d-{version('mnist1d')}-{what}"
+
+
+def _labelled_tensors() -> dict[str, torch.Tensor]:
+    data = _generate(_DATA_SEED, None, 0.8)
+    splits = carve_validation(data["x"], data["y"], data["x_test"], data["y_test"], val_size=_VAL_SIZE)
+    return {f"{part}_{name}": tensor for part in ("train", "val", "test")
+            for name, tensor in zip(("x", "y"), getattr(splits, part).tensors)}
+
+
 def labelled_splits() -> Splits:
     """The published 4000 train / 1000 test signals, 500 of train carved out to validate; shared by
     the classification task and the retrieval one."""
-    data = _generate(_DATA_SEED, None, 0.8)
-    return carve_validation(data["x"], data["y"], data["x_test"], data["y_test"], val_size=500)
+    t = task_data(_key(f"labelled-seed{_DATA_SEED}-val{_VAL_SIZE}"), _labelled_tensors)
+    return Splits(*(TensorDataset(t[f"{part}_x"], t[f"{part}_y"]) for part in ("train", "val", "test")))
+
+
+def _pool(size: int) -> torch.Tensor:
+    """``size`` more signals from the generator with its own seed, without their labels."""
+    def build() -> dict[str, torch.Tensor]:
+        return {"x": torch.as_tensor(_generate(_POOL_SEED, size, 1.0)["x"], dtype=torch.float32)}
+
+    return task_data(_key(f"pool-seed{_POOL_SEED}-n{size}"), build)["x"]
 
 
 class MNIST1DTask(Task):
@@ -55,9 +77,8 @@ class MNIST1DTask(Task):
     @functools.cache
     def splits(self) -> Splits:
         splits = labelled_splits()
-        # The pool's labels are dropped here, so nothing downstream can read them.
-        pool = torch.as_tensor(_generate(_POOL_SEED, self.unlabeled_size, 1.0)["x"], dtype=torch.float32)
-        return Splits(splits.train, splits.val, splits.test, unlabeled=TensorDataset(pool))
+        # The pool's labels are never stored, so nothing downstream can read them.
+        return Splits(splits.train, splits.val, splits.test, unlabeled=TensorDataset(_pool(self.unlabeled_size)))
 
     def build_teacher(self) -> nn.Module:
         return ConvNet1d(self.teacher_channels, self.num_classes, _LENGTH)

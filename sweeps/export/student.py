@@ -69,6 +69,7 @@ def export_student(study: str, out: str | Path, *, trial: int | None = None, for
         model = load_student(study, number, storage=storage, tracking_uri=tracking_uri, store=store)
         recorded = row["int8_test_acc"] if int8 else row["test_acc"]
         run_id = row["mlflow_run_id"] if isinstance(row["mlflow_run_id"], str) else None
+    Sources.resolve(storage, tracking_uri, store).store.read_task_data()  # read only: export writes no store file
     test = task.splits().test
     if int8:
         from kdcore.cost import quantize_int8

@@ -50,6 +50,7 @@ class SweepPlan:
     experiment_id: str = ""
     parent_run_id: str = ""
     jobs: int = 1
+    threads: int = 1  # torch threads of each job (kdcore.threads)
     grid_points: int = 4
     repeats: int = DEFAULT_REPEATS
     invocation: str = ""  # this run's id, in the leases of the trials it runs (set by run_sweep)

@@ -108,7 +108,10 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
     """Run the sweep described by ``plan`` (already checked with ``check_sweep``)."""
     import optuna
 
+    from kdcore.threads import use_threads
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    use_threads(plan.threads)  # the teacher, the cache, --jobs 1's trials and the verdict's repeats train here
     space = plan.search_space()
     store = Store(Path(plan.store_root), plan.tracking_uri)
     linked = check_tracking_store(store, plan.storage_url, plan.study)  # before anything is written
@@ -220,7 +223,7 @@ def _log_invocation(parent: RunLogger, plan: SweepPlan, prepared: Prepared, teac
                         **_ensemble_metrics(prepared)},
                        tags={"budget": f"{plan.budget_s:g}s", "sampler": plan.sampler, "pruner": plan.pruner,
                              "fidelity": plan.fidelity.describe(),
-                             "jobs": str(plan.jobs), "invocations": str(invocation),
+                             "jobs": str(plan.jobs), "threads": str(plan.threads), "invocations": str(invocation),
                              "storage": display_url(plan.storage_url), "mlflow.note.content": _note(plan)})
     parent.client.log_dict(parent.run_id, plan.search_space().describe(), "space.json")
     if sweep_file is not None:
@@ -254,10 +257,7 @@ def _start_workers(plan: SweepPlan, halt: threading.Event) -> list:
         return [thread]
     context = multiprocessing.get_context("spawn")
     shared = context.Event()
-    # The cores this process may use (taskset, a container's CPU set), not the machine's.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = max(1, cores // plan.jobs)
-    processes = [context.Process(target=process_main, args=(plan, i, shared, threads, os.getpid()), daemon=False)
+    processes = [context.Process(target=process_main, args=(plan, i, shared, os.getpid()), daemon=False)
                  for i in range(plan.jobs)]
     for process in processes:
         process.start()

@@ -38,6 +38,7 @@ class SweepFile(BaseModel):
     budget: Optional[str] = Field(None, description="Wall-clock budget such as 2h, 45m or 90s.")
     n_trials: Optional[int] = Field(None, description="Stop after this many trials in this invocation.")
     jobs: Optional[int] = Field(None, description="Worker processes.")
+    threads: Optional[int] = Field(None, description="Torch threads per worker (default 1).")
     sampler: Optional[str] = Field(None, description="tpe, random, grid, cmaes or qmc.")
     pruner: Optional[str] = Field(None, description="median, hyperband or none.")
     seed: Optional[int] = Field(None, description="Sampler seed.")

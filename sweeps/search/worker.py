@@ -1,7 +1,7 @@
 """A sweep worker: asks the study for trials and runs them until the budget or trial count ends.
 
 ``kdsweep run --jobs 1`` runs one worker in a thread of the main process; ``--jobs N`` starts N
-worker processes sharing the Optuna storage, each with cores / N torch threads. A worker process
+worker processes sharing the Optuna storage, each with ``plan.threads`` torch threads (kdcore.threads). A worker process
 whose parent dies (killed) finishes its epoch as after Ctrl-C, and exits within a few seconds.
 """
 
@@ -143,14 +143,14 @@ def _exit_when_orphaned(parent: int, orphaned: threading.Event) -> None:
     os._exit(1)  # still in an epoch: its lease names a dead process, so the next run reaps the trial
 
 
-def process_main(plan: SweepPlan, worker: int, interrupt, threads: int, parent: int | None = None) -> None:
+def process_main(plan: SweepPlan, worker: int, interrupt, parent: int | None = None) -> None:
     """Entry point of a worker process: the parent relays Ctrl-C through ``interrupt``."""
-    import torch
+    from kdcore.threads import use_threads
 
     # The parent relays Ctrl-C and SIGTERM (a supervisor may signal the whole process group).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    torch.set_num_threads(threads)
+    use_threads(plan.threads)
     orphaned = threading.Event()
     parent = os.getppid() if parent is None else parent
     threading.Thread(target=_exit_when_orphaned, args=(parent, orphaned), name="kdsweep-orphan-watch",

@@ -38,9 +38,14 @@ class Prepared:
 
 def prepare(task_spec: str, store: Store, *, device: str = "auto",
             on_teacher_epoch: Callable[[EpochResult], None] | None = None, teachers: int = 1) -> Prepared:
-    """Resolve the task, load (or train once) its first ``teachers`` teachers (``Task.teachers()``),
-    and load (or build once) each one's logit cache."""
+    """Resolve the task, store its data (kdcore.task_data) if it is not yet, load (or train once) its
+    first ``teachers`` teachers (``Task.teachers()``), and load (or build once) each one's logit cache."""
+    from kdcore.task_data import TASK_DATA
+
+    store.read_task_data()
     task = get_task(task_spec)
+    task.splits()
+    TASK_DATA.save()
     specs = task.teachers()
     if teachers > len(specs):
         raise ConfigError(f"teachers={teachers} is out of range for task {task.name!r}: it has {len(specs)} "

@@ -22,6 +22,7 @@ STUDENT_FORMAT = "kdsweep.student/1"
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "student.pt"
 _FLUSH_EVERY_S = 1.0
+THREADS_TAG = "kdsweep.threads"
 
 
 def student_checkpoint(task_spec: str, num_classes: int, config: TrainConfig, state_dict: dict[str, Any],
@@ -68,9 +69,11 @@ class RunLogger:
     def start(cls, client: MlflowClient, experiment_id: str, run_name: str, *,
               params: dict[str, Any], tags: dict[str, str] | None = None,
               parent_run_id: str | None = None) -> RunLogger:
+        import torch
         from mlflow.entities import Param
 
-        tags = dict(tags or {})
+        # The threads it trains with (kdcore.threads): epoch times compare only at equal threads.
+        tags = {THREADS_TAG: str(torch.get_num_threads()), **(tags or {})}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         run = client.create_run(experiment_id, run_name=run_name, tags=tags)

@@ -188,6 +188,18 @@ class Store:
     def teacher_cache(self) -> Path:
         return self.root / ".cache" / "teacher"
 
+    @property
+    def task_data(self) -> Path:
+        """Data the tasks generate or decode, made once per store (kdcore.task_data)."""
+        return self.root / "data"
+
+    def read_task_data(self) -> None:
+        """Let this process read the tasks' data from this store instead of making it again; it is
+        written here by ``sweeps.prepare``, once the command's input is checked."""
+        from kdcore.task_data import TASK_DATA
+
+        TASK_DATA.use(self.task_data)
+
     def check_reachable(self, timeout_s: float = 5.0) -> None:
         """Fail fast, with ConfigError, when the tracking URI is an HTTP server that does not
         answer: MLflow's client would otherwise retry for minutes."""
