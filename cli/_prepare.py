@@ -14,19 +14,21 @@ if TYPE_CHECKING:
 
 def prepare_task(task_spec: str, store: Store, device: str = "auto", teachers: int = 1) -> Prepared:
     """``sweeps.prepare`` with a progress bar shown only if the teacher must be trained."""
-    from kdcore import get_task
+    from kdcore.tasks.base import PRIMARY_TEACHER
     from sweeps.tracking.logged_run import prepare
 
-    task = get_task(task_spec)
     progress: EpochProgress | None = None
+    training = None  # the teacher whose bar shows
 
-    def on_teacher_epoch(epoch) -> None:
-        nonlocal progress
-        if progress is not None and epoch.epoch == 1:  # the next teacher of an ensemble
+    def on_teacher_epoch(spec, epoch) -> None:
+        nonlocal progress, training
+        if progress is not None and spec is not training:  # the next teacher of an ensemble
             progress.__exit__(None, None, None)
             progress = None
         if progress is None:
-            progress = EpochProgress(f"training teacher for {task.name}", task.teacher_config().epochs).__enter__()
+            label = "teacher" if spec.name == PRIMARY_TEACHER else f"teacher {spec.name}"
+            progress = EpochProgress(f"training {label} for {task_spec}", spec.config.epochs).__enter__()
+            training = spec
         progress.update(epoch)
 
     try:

@@ -67,6 +67,9 @@ class LiveView:
             lines.append(Text(f"  trial {number}: epoch {epoch}"))
         self.live.update(Group(self.bar.get_renderable(), *lines))
 
+    def say(self, line: str) -> None:
+        self.live.console.print(line, highlight=False, soft_wrap=True, markup=False)
+
     def __exit__(self, *exc_info: object) -> None:
         self.live.stop()
 
@@ -84,6 +87,9 @@ class PlainView:
         if s.phase != self.phase or now - self.last >= _PLAIN_EVERY_S:
             console.print(_status_line(s), highlight=False, soft_wrap=True, markup=False)
             self.last, self.phase = now, s.phase
+
+    def say(self, line: str) -> None:
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
 
     def __exit__(self, *exc_info: object) -> None:
         pass

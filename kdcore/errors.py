@@ -23,6 +23,13 @@ class CacheError(KDSweepError):
     """Teacher outputs read back from the cache disagree with a live teacher forward."""
 
 
+class OutOfTime(KDSweepError):
+    """The budget ended during set-up (the teacher's training), before any trial could run; what was
+    done is saved and the next run resumes it. Exit code 1."""
+
+    exit_code = 1
+
+
 class StopTraining(KDSweepError):
     """Raised by an ``on_epoch`` hook to end training early with ``reason`` as stop_reason."""
 

@@ -272,7 +272,7 @@ def train(
     which the first ``config.teachers`` are used), a live teacher module, or
     None for plain cross-entropy (then ``alpha`` must be 0). ``on_epoch`` may raise
     ``StopTraining(reason)`` to stop after that epoch. ``on_checkpoint`` receives the full
-    training state after every epoch; pass such a state back as ``resume`` to continue from it.
+    training state after every whole epoch; pass such a state back as ``resume`` to continue from it.
     ``deadline`` is a ``time.time()`` value: training stops at it, inside the epoch if need be;
     setting ``interrupt`` (a first Ctrl-C, say) stops the same way with stop_reason "interrupted".
 
@@ -429,7 +429,7 @@ def train(
                          best_state={k: v.detach().clone() for k, v in model.state_dict().items()})
         else:
             state["bad_epochs"] += 1
-        if on_checkpoint is not None:
+        if on_checkpoint is not None and not cut_short:  # resuming from a part of an epoch would skip its rest
             state["history"] = [asdict(h) for h in history]
             # A snapshot: state_dict() tensors alias the live weights, which later epochs change.
             on_checkpoint(copy.deepcopy({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),

@@ -61,25 +61,33 @@ def timed_trial(value: float | None, train_s: float, wall_s: float, epochs_run: 
 
 
 def test_reserve_is_k_pairs_of_the_best_complete_trials_measured_time():
-    # Best by value is the 0.9 trial (10 s training + 1 s set-up/test/upload), not the median:
-    # 3 pairs x 2 arms x (10 s x 1.25 + 1 s) = 81 s, plus 2 s to close the runs.
+    # Best by value is the 0.9 trial (10 s training over its 20 epochs + 1 s set-up/test/upload), not
+    # the median. Without a transfer set the twin costs as much as its distilled arm: a pair is
+    # 1.05 x (10 s x 2 + 2 x 1 s) = 23.1 s; 3 pairs 69.3 s, plus 2 s to close the runs.
     trials = [timed_trial(0.8, 2.0, 2.5, 10), timed_trial(0.9, 10.0, 11.0, 20), timed_trial(0.7, 4.0, 4.5, 10)]
-    assert plan(repeats=3).reserve_s(trials) == pytest.approx(81.0 + 2.0)
-    assert plan(repeats=2).reserve_s(trials) == pytest.approx(54.0 + 2.0)
+    assert plan(repeats=3).reserve_s(trials) == pytest.approx(69.3 + 2.0)
+    assert plan(repeats=2).reserve_s(trials) == pytest.approx(46.2 + 2.0)
 
 
 def test_the_twin_of_a_transfer_set_trial_is_reserved_at_its_smaller_cost():
-    # With 4 unlabelled inputs per labelled one, the distilled arm's batches are 5x the twin's:
-    # 3 pairs x (10 s x 1.25 x (1 + 1/5) + 2 x 1 s) = 51 s, plus 2 s.
+    # With 4 unlabelled inputs per labelled one the twin's steps carry a fifth of the inputs, but a
+    # step's fixed cost (two labelled batches' worth) stays: the twin costs 3/7 of its distilled
+    # arm, and a pair 1.05 x (10 s x (1 + 3/7) + 2 x 1 s) = 17.1 s; 3 pairs 51.3 s, plus 2 s.
     trials = [timed_trial(0.9, 10.0, 11.0, 20)]
-    assert plan(transfer_ratio=4.0, data_fraction=0.5).reserve_s(trials) == pytest.approx(51.0 + 2.0)
+    assert plan(transfer_ratio=4.0, data_fraction=0.5).reserve_s(trials) == pytest.approx(51.3 + 2.0)
     # Without a KD term the trial trained no transfer set either: the twin costs the same.
     import optuna
 
     no_kd = optuna.trial.create_trial(value=0.9, params={"alpha": 0.0},
                                       distributions={"alpha": optuna.distributions.FloatDistribution(0.0, 1.0)},
                                       user_attrs=trials[0].user_attrs)
-    assert plan(transfer_ratio=4.0, data_fraction=0.5).reserve_s([no_kd]) == pytest.approx(81.0 + 2.0)
+    assert plan(transfer_ratio=4.0, data_fraction=0.5).reserve_s([no_kd]) == pytest.approx(69.3 + 2.0)
+
+
+def test_a_trial_that_stopped_early_is_reserved_at_its_full_length():
+    # 5 s over 10 of 20 epochs: another seed may train all 20, 10 s: the same pair as above.
+    trials = [timed_trial(0.9, 5.0, 6.0, 10)]
+    assert plan().reserve_s(trials) == pytest.approx(69.3 + 2.0)
 
 
 def test_reserve_scales_with_the_trial_not_with_the_budget():
@@ -101,13 +109,35 @@ def test_before_any_trial_is_timed_a_quarter_of_the_budget_is_kept():
 
 
 def test_before_any_trial_completes_a_full_run_at_the_measured_epoch_time_is_assumed():
-    # A pruned trial: 0.5 s an epoch over 4 epochs, 0.5 s overhead; a full run is 20 epochs:
-    # 3 x 2 x (10 s x 1.25 + 0.5 s) = 78 s.
+    # A pruned trial: 0.5 s an epoch over 4 epochs, 0.5 s overhead; a full run is 20 epochs, 10 s,
+    # and its twin as long: 3 x 1.05 x (10 s x 2 + 2 x 0.5 s) = 66.15 s.
     trials = [timed_trial(None, 2.0, 2.5, 4, pruned=True)]
-    assert plan().reserve_s(trials) == pytest.approx(78.0 + 2.0)
+    assert plan().reserve_s(trials) == pytest.approx(66.15 + 2.0)
 
 
 def test_trials_stop_before_the_reserve():
     trials = [timed_trial(0.9, 10.0, 11.0, 20)]
     p = plan()
     assert p.trials_deadline(trials) == pytest.approx(p.deadline - p.reserve_s(trials))
+
+
+# --------------------------------------------------------------------------------------------
+# One pair's time (sweeps.verdict.timing.PairTime): estimated from a trial, then measured
+# --------------------------------------------------------------------------------------------
+
+def test_once_pairs_have_run_their_own_time_replaces_the_estimate():
+    from sweeps.verdict.timing import PairTime
+
+    pair = PairTime(50.0)
+    pair.add(8.0)
+    assert pair.seconds == pytest.approx(1.05 * 8.0)
+    pair.add(12.0)  # slower than the mean of 10 s: the load grew, the last pair counts
+    assert pair.seconds == pytest.approx(1.05 * 12.0)
+    pair.add(7.0)  # mean 9 s
+    assert pair.seconds == pytest.approx(1.05 * 9.0)
+
+
+def test_whole_pairs_within_a_time():
+    from sweeps.verdict.timing import PairTime
+
+    assert [PairTime(10.0).pairs_within(s) for s in (-5.0, 0.0, 9.9, 10.0, 35.0)] == [0, 0, 0, 1, 3]

@@ -22,6 +22,7 @@ from kdcore import TrainConfig
 from sweeps.verdict import HELPS, HURTS, INCOMPLETE, NO_DIFFERENCE, Interval, paired_interval, verdict_word
 from sweeps.verdict.paired import Pair, complete_verdict, incomplete_verdict
 from sweeps.verdict.repeats import FINISHED, PAIR_METRICS, record_verdict, run_repeats
+from sweeps.verdict.timing import PairTime
 
 # --------------------------------------------------------------------------------------------
 # The maths
@@ -207,6 +208,38 @@ def test_a_deadline_already_passed_starts_no_arm_and_gives_incomplete(repeats):
     assert "kd_gain" not in parent.data.metrics
     assert (parent.data.tags["kd_verdict"], parent.data.tags["kd_verdict_trial"]) == (INCOMPLETE, "7")
     assert parent.data.tags["kd_verdict_reason"] == verdict["kd_verdict_reason"]
+
+
+def test_pairs_that_cannot_fit_the_time_left_are_not_started_and_the_line_names_a_budget_that_would_hold_them(repeats):
+    verdict = repeats.run(3, deadline=time.time() + 60, pair_time=PairTime(100.0), budget_s=180.0)
+
+    assert verdict["kd_verdict"] == INCOMPLETE
+    reason = verdict["kd_verdict_reason"]
+    assert reason.startswith("skipped: a verdict needs at least 2 pairs of about 100s each and 60s were left")
+    assert "a --budget of about 8m would hold all 3" in reason  # 180 s + 3 x 100 s - 60 s = 420 s
+    assert repeats.repeat_runs() == []
+
+
+class HoldsTwoPairs(PairTime):
+    """A pair estimate that grows past the time left once two pairs have run (a machine that just
+    got busy), so the budget holds exactly two of the pairs asked for."""
+
+    @property
+    def seconds(self) -> float:
+        return 1.0 if len(self.measured_s) < 2 else 1000.0
+
+
+def test_when_the_budget_holds_fewer_pairs_than_asked_the_verdict_rests_on_the_whole_ones_and_says_so(repeats):
+    from sweeps.query.summary import verdict_line
+
+    verdict = repeats.run(3, deadline=time.time() + 300, pair_time=HoldsTwoPairs(1.0))
+
+    assert verdict["kd_verdict"] in (HELPS, HURTS, NO_DIFFERENCE)
+    assert (verdict["kd_repeats"], verdict["kd_repeats_wanted"], verdict["pairs_finished"]) == (2, 3, 2)
+    assert verdict["kd_verdict_reason"].startswith("2 of the 3 pairs asked for: the budget held no more pairs")
+    assert len(repeats.repeat_runs()) == 4  # pair 3 never started
+    assert verdict_line(verdict).endswith(verdict["kd_verdict_reason"])
+    assert "2 paired seeds" in verdict_line(verdict)
 
 
 def test_an_incomplete_verdict_overwrites_an_earlier_gain_with_nan(repeats):

@@ -151,7 +151,8 @@ def verdict_line(table: dict[str, Any]) -> str:
         line += f" for trial {trial}"
     means = [f"{label} {table[key]:.3f}" for label, key in (("distilled", "distilled_test_acc"),
                                                              ("no-KD", "nokd_test_acc")) if key in table]
-    return line + (f"; {', '.join(means)} (test means)" if means else "")
+    fewer = table.get("kd_verdict_reason")  # a verdict on fewer pairs than asked for says so
+    return line + (f"; {', '.join(means)} (test means)" if means else "") + (f"; {fewer}" if fewer else "")
 
 
 def comparison_line(table: dict[str, Any], score: str = "accuracy") -> str | None:

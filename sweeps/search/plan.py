@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import statistics
 import time
+import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sweeps.search.budget import format_seconds
 from sweeps.search.fidelity import Fidelity
 from sweeps.search.objectives import Objective, feasible, val_acc
 from sweeps.search.samplers import make_pruner, make_sampler
 from sweeps.search.space import SearchSpace
+from sweeps.verdict.timing import PairTime
 
 if TYPE_CHECKING:
     import optuna
@@ -19,8 +22,6 @@ DEFAULT_MIN_EPOCHS = 3  # a trial must be able to run this many epochs; pruning 
 DEFAULT_REPEATS = 3  # pairs of runs (KD, no-KD) behind the KD verdict
 # Before any trial has finished, the repeats' time is unknown: keep this share of the budget.
 _FALLBACK_SHARE = 0.25
-# Another seed may stop a few epochs later than the measured trial did.
-_ARM_SPREAD = 1.25
 _CLOSE_MARGIN_S = 2.0  # closing runs and writing the summary after the last stop
 _PROCESS_EXIT_S = 4.0  # measured: a worker process takes 2-4 s to exit (torch, MLflow, SQLAlchemy)
 # Fail fast: the sweep stops when the first FIRST_FAILURES trials of an invocation, or the last
@@ -54,6 +55,7 @@ class SweepPlan:
     grid_points: int = 4
     repeats: int = DEFAULT_REPEATS
     invocation: str = ""  # this run's id, in the leases of the trials it runs (set by run_sweep)
+    trials_before: int = 0  # trials the study held when this invocation began (set by run_sweep)
     objective: Objective = Objective()
     fidelity: Fidelity = Fidelity()
     joined: bool = False  # a `kdsweep worker` on a study another process runs (sweeps/search/join.py)
@@ -71,8 +73,16 @@ class SweepPlan:
         return SearchSpace.parse(self.space, {**self.fixed, **self.fidelity.settings(self.min_epochs)})
 
     def sampler_for(self, worker: int) -> optuna.samplers.BaseSampler:
-        # Each worker gets its own seed so parallel workers do not propose the same points.
-        return make_sampler(self.sampler, self.search_space(), self.seed + worker, self.grid_points)
+        return make_sampler(self.sampler, self.search_space(), self.sampler_seed(worker), self.grid_points)
+
+    def sampler_seed(self, worker: int) -> int:
+        """Each worker's own seed, so parallel workers do not propose the same points; and in a
+        resumed study (``trials_before`` > 0) one no earlier invocation used, or a seeded sampler
+        would draw the first invocation's points again. Grid and QMC keep the study's seed: they
+        read what was visited from the storage and go on from there."""
+        if self.trials_before == 0 or self.sampler in ("grid", "qmc"):
+            return self.seed + worker
+        return zlib.crc32(f"{self.seed}:{worker}:{self.trials_before}".encode())
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
         return make_pruner(self.pruner, self.min_epochs, self.search_space().max_epochs())
@@ -90,27 +100,53 @@ class SweepPlan:
         return self.repeats_s(trials) + _CLOSE_MARGIN_S + (_PROCESS_EXIT_S if self.jobs > 1 else 0.0)
 
     def repeats_s(self, trials: list[optuna.trial.FrozenTrial]) -> float:
-        """The repeats' estimated time: K pairs of two arms, measured on the best COMPLETE trial (its
-        training time x 1.25, plus its set-up, test pass and upload). The no-KD twin trains the same
-        model on the same labelled batches, without the transfer set's extra inputs per batch.
-        Before any trial completes: a full run at the median measured epoch time; before any
+        """The repeats' estimated time: K pairs (sweeps.verdict.timing), measured on the best COMPLETE
+        trial. Before any trial completes: a full run at the median measured epoch time; before any
         trial is timed: a quarter of the budget."""
         if self.repeats == 0:
             return 0.0
+        pair = self.pair_time(trials)
+        return self.repeats * pair.seconds if pair is not None else _FALLBACK_SHARE * self.budget_s
+
+    def pair_time(self, trials: list[optuna.trial.FrozenTrial]) -> PairTime | None:
+        """What one pair of the verdict takes, from the best COMPLETE timed trial (the one the verdict
+        would judge now), else from the median timed trial at full length; None before any timing."""
+        from sweeps.search.overrides import trial_config
+
         chosen = self.best_trial([t for t in trials if "train_time_s" in t.user_attrs])
-        timed = [t.user_attrs for t in trials if "epoch_time_s" in t.user_attrs]
-        twin_share = 1.0
+        max_epochs = self.search_space().max_epochs()
         if chosen is not None:
             best = chosen.user_attrs
-            train_s, overhead_s = best["train_time_s"], max(0.0, best.get("wall_time_s", 0.0) - best["train_time_s"])
-            twin_share = _twin_share(self.search_space(), chosen)
-        elif timed:
-            train_s = statistics.median(a["epoch_time_s"] for a in timed) * self.search_space().max_epochs()
-            overhead_s = statistics.median(max(0.0, a["wall_time_s"] - a["epoch_time_s"] * a["epochs_run"])
-                                           for a in timed)
-        else:
-            return _FALLBACK_SHARE * self.budget_s
-        return self.repeats * (train_s * _ARM_SPREAD * (1 + twin_share) + 2 * overhead_s)
+            config = trial_config(self.search_space(), chosen)
+            return PairTime.from_trial(best["train_time_s"], best.get("epochs_run", max_epochs), max_epochs,
+                                       max(0.0, best.get("wall_time_s", 0.0) - best["train_time_s"]),
+                                       config.transfer_ratio if config.distills() else 0.0)
+        timed = [t.user_attrs for t in trials if "epoch_time_s" in t.user_attrs]
+        if not timed:
+            return None
+        epoch_s = statistics.median(a["epoch_time_s"] for a in timed)
+        overhead_s = statistics.median(max(0.0, a["wall_time_s"] - a["epoch_time_s"] * a["epochs_run"]) for a in timed)
+        return PairTime.from_trial(epoch_s * max_epochs, max_epochs, max_epochs, overhead_s, 0.0)
+
+    def outlook(self, trials: list[optuna.trial.FrozenTrial], now: float | None = None) -> str | None:
+        """Once a trial has completed: roughly how many more trials and how many of the verdict's
+        pairs the budget holds at the speed measured so far (None before)."""
+        from optuna.trial import TrialState
+
+        complete = [t.user_attrs for t in trials if t.state == TrialState.COMPLETE and "wall_time_s" in t.user_attrs]
+        if not complete:
+            return None
+        now = time.time() if now is None else now
+        trial_s = statistics.median(a["wall_time_s"] for a in complete)
+        more = max(0, int((self.trials_deadline(trials) - now) / trial_s))
+        text = f"at this speed a full trial takes about {_seconds(trial_s)}: the budget holds about {more} more"
+        if self.repeats:
+            pair = self.pair_time(trials)
+            fit = pair.pairs_within(self.deadline - now) if pair is not None else 0
+            each = f"about {_seconds(pair.seconds)} each"
+            text += (f", then the verdict's {self.repeats} pairs ({each})" if fit >= self.repeats
+                     else f"; only {fit} of the verdict's {self.repeats} pairs ({each}) fit")
+        return text + " (pruned trials end sooner, so more of them run)"
 
     def trials_deadline(self, trials: list[optuna.trial.FrozenTrial]) -> float:
         """When trials must stop, leaving the reserve for the repeats."""
@@ -174,10 +210,5 @@ class SweepPlan:
         return trial.datetime_start is not None and trial.datetime_start.timestamp() >= self.started_at
 
 
-def _twin_share(space: SearchSpace, trial: optuna.trial.FrozenTrial) -> float:
-    """The no-KD twin's training cost as a share of its distilled arm's: each batch carries
-    ``transfer_ratio`` unlabelled inputs per labelled one only when distilling."""
-    from sweeps.search.overrides import trial_config
-
-    config = trial_config(space, trial)
-    return 1.0 / (1.0 + config.transfer_ratio) if config.distills() else 1.0
+def _seconds(seconds: float) -> str:
+    return f"{seconds:.1f}s" if seconds < 10 else format_seconds(seconds)

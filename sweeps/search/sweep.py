@@ -28,12 +28,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from kdcore.errors import KDSweepError
 from sweeps._pause import pause_at
 from sweeps.search import overrides
+from sweeps.search.budget import SetupClock
 from sweeps.search.join import (PLAN_ATTR, joined_trials_running, plan_record, publish_window,
                                  wait_for_joined_trials, window_until)
 from sweeps.search.leases import REAP_EVERY_S, close_orphan_runs, reap_stale_trials
 from sweeps.search.objectives import SCORE_ATTR, score_label, val_acc
 from sweeps.search.plan import DEFAULT_REPEATS, SweepPlan
 from sweeps.search.space import SearchSpace
+from sweeps.search.trial import DUPLICATE
 from sweeps.search.worker import Interrupt, ctrl_c_sets, process_main, work
 from sweeps.tracking.logged_run import Prepared, prepare
 from sweeps.tracking.run_logger import RunLogger
@@ -84,6 +86,9 @@ class Snapshot:
 class SweepView(Protocol):
     def update(self, snapshot: Snapshot) -> None: ...
 
+    def say(self, line: str) -> None:
+        """Print ``line`` once, above the live view."""
+
 
 @dataclass
 class SweepSummary:
@@ -116,7 +121,17 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
     store = Store(Path(plan.store_root), plan.tracking_uri)
     linked = check_tracking_store(store, plan.storage_url, plan.study)  # before anything is written
     view.update(Snapshot("teacher", time.time() - plan.started_at, plan.budget_s, note="preparing the teacher"))
-    prepared = prepare(plan.task, store, device=space.fixed.get("device", "auto"), teachers=int(space.largest("teachers")))
+    clock = SetupClock(plan.deadline)
+
+    def on_teacher_epoch(spec, epoch) -> None:
+        note, line = clock.epoch(spec.name, spec.config.epochs, epoch)
+        if line:
+            view.say(line)
+        view.update(Snapshot("teacher", time.time() - plan.started_at, plan.budget_s, note=note))
+
+    # The budget holds set-up too: a teacher cut by it raises OutOfTime (exit 1), its epochs saved.
+    prepared = prepare(plan.task, store, device=space.fixed.get("device", "auto"), teachers=int(space.largest("teachers")),
+                       on_teacher_epoch=on_teacher_epoch, deadline=plan.deadline)
     teacher_time = sum(t.train_time_s for t, _ in prepared.all_teachers() if t.trained_now)
 
     # The MLflow experiment, parent run and study are created here, once, before any worker
@@ -136,7 +151,8 @@ def run_sweep(plan: SweepPlan, view: SweepView, *, enqueue_presets: bool = False
     study.set_user_attr(SCORE_ATTR, score_label(prepared.task.kind))
     invocation = int(study.user_attrs.get("kdsweep.invocations", 0)) + 1
     study.set_user_attr("kdsweep.invocations", invocation)
-    plan = replace(plan, experiment_id=experiment_id, parent_run_id=parent.run_id, invocation=uuid.uuid4().hex)
+    plan = replace(plan, experiment_id=experiment_id, parent_run_id=parent.run_id, invocation=uuid.uuid4().hex,
+                   trials_before=len(study.get_trials(deepcopy=False)))
     _reap(study, client, plan)
     # What `kdsweep worker` on another host needs: the plan, the trials window, the teacher.
     study.set_user_attr(PLAN_ATTR, plan_record(plan))
@@ -276,6 +292,7 @@ def _watch(study: optuna.Study, plan: SweepPlan, workers: list, client: MlflowCl
     """
     last_reap = last_pareto = time.time()
     best_number = None
+    outlook_told = False
     tagged_complete = 0
     failure = None
     while any(w.is_alive() for w in workers):
@@ -292,6 +309,9 @@ def _watch(study: optuna.Study, plan: SweepPlan, workers: list, client: MlflowCl
                 halt.set()  # the other workers' running trials stop at once, as after Ctrl-C
         note = ("stopping: trials fail alike" if failure else
                 f"finishing ({interrupted.by} again aborts)" if interrupted.is_set() else "")
+        if not outlook_told and (outlook := plan.outlook(study.get_trials(deepcopy=False))):
+            view.say(outlook)
+            outlook_told = True
         snapshot = _snapshot(study, plan, "trials", note=note)
         if snapshot.best and snapshot.best[0] != best_number:
             best_number = snapshot.best[0]
@@ -350,12 +370,15 @@ def _nothing_completed(study: optuna.Study, plan: SweepPlan) -> str | None:
                 "KD verdict's repeats; give a longer --budget")
     reasons = [t.user_attrs.get("stop_reason") for t in mine]
     parts = [f"{reasons.count('deadline')} cut by the budget's end", f"{reasons.count('pruned')} pruned",
-             f"{sum(t.state == TrialState.FAIL for t in mine)} failed",
-             *([f"{reasons.count('infeasible')} over a limit"] if "infeasible" in reasons else [])]
+             f"{sum(t.state == TrialState.FAIL and r != DUPLICATE for t, r in zip(mine, reasons))} failed",
+             *([f"{reasons.count('infeasible')} over a limit"] if "infeasible" in reasons else []),
+             *([f"{reasons.count(DUPLICATE)} repeating finished trials (not trained again)"]
+               if DUPLICATE in reasons else [])]
     errors = [t.user_attrs[ERROR_ATTR] for t in mine if ERROR_ATTR in t.user_attrs]
     last_error = f" (last error: {errors[-1]})" if errors else ""
     hint = ("fix the error and run again" if errors else
             "loosen the limits (--max-params ...) or narrow the search space" if reasons.count("infeasible") == len(mine)
+            else "widen the search space: every proposal repeated a finished trial" if reasons.count(DUPLICATE) == len(mine)
             else "give a longer --budget")
     return f"no trial completed in this run: {', '.join(parts)}{last_error}; {hint}"
 
@@ -425,7 +448,8 @@ def _verdict(study: optuna.Study, plan: SweepPlan, space: SearchSpace, prepared:
                               client=client, experiment_id=plan.experiment_id, study=plan.study,
                               study_run_id=plan.parent_run_id, deadline=plan.deadline - _CLOSE_S,
                               interrupt=interrupted, on_start=progress,
-                              tags={"kdsweep.invocation": str(invocation)})
+                              tags={"kdsweep.invocation": str(invocation)},
+                              pair_time=plan.pair_time(study.get_trials(deepcopy=False)), budget_s=plan.budget_s)
     verdict.setdefault("repeats_wanted", plan.repeats)
     record_verdict(client, plan.parent_run_id, verdict)
     return verdict

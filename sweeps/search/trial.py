@@ -36,6 +36,8 @@ log = logging.getLogger("kdsweep")
 # re-enqueued, so the next invocation of the study finishes it from its checkpoint.
 _STATE_BY_STOP = {"pruned": "PRUNED", "deadline": "PRUNED", "interrupted": "FAIL"}
 SHARED_CHECKPOINT_EVERY_S = 10.0
+DUPLICATE = "duplicate"  # stop_reason of a proposal that repeats a finished trial
+DUPLICATE_ATTR = "kdsweep.duplicate_of"
 
 
 def run_trial(
@@ -123,6 +125,10 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, plan: SweepPlan, prepar
     space = plan.search_space()
     overrides = trial.user_attrs.get(OVERRIDES_ATTR) or {}
     space.suggest(trial, skip=overrides)
+    twin = finished_twin(study, trial)
+    if twin is not None:  # the same run again would only give the same numbers
+        _skip_duplicate(study, trial, twin)
+        return
     config = trial_config(space, trial)
     costs = architecture_costs(study, prepared, config)  # before training: a limit may rule it out
     for key, value in costs.items():
@@ -203,6 +209,33 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, plan: SweepPlan, prepar
         study.tell(trial, state=TrialState.PRUNED)
     else:
         study.tell(trial, plan.objective.values(outcome))
+
+
+def finished_twin(study: optuna.Study, trial: optuna.Trial) -> int | None:
+    """The number of a finished trial with exactly ``trial``'s settings (params and preset
+    overrides), or None. Trials cut by the deadline or failed do not count (they did not finish),
+    nor does a trial that re-runs a lost one from its checkpoint (the same settings on purpose)."""
+    from optuna.trial import TrialState
+
+    if RESUME_ATTR in trial.user_attrs:
+        return None
+    settings = (trial.params, trial.user_attrs.get(OVERRIDES_ATTR) or {})
+    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if other.number != trial.number and other.user_attrs.get("stop_reason") != "deadline" and \
+                (other.params, other.user_attrs.get(OVERRIDES_ATTR) or {}) == settings:
+            return other.number
+    return None
+
+
+def _skip_duplicate(study: optuna.Study, trial: optuna.Trial, twin: int) -> None:
+    """Close a proposal the study already ran, untrained and without an MLflow run: FAIL, which
+    every sampler leaves out of what it learns from, with stop_reason ``duplicate``."""
+    from optuna.trial import TrialState
+
+    trial.set_user_attr("stop_reason", DUPLICATE)
+    trial.set_user_attr(DUPLICATE_ATTR, twin)
+    log.info("trial %d has the settings of finished trial %d: not trained again", trial.number, twin)
+    study.tell(trial, state=TrialState.FAIL)
 
 
 def _reject(study: optuna.Study, trial: optuna.Trial, logger: RunLogger, broken: list[str]) -> None:

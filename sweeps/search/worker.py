@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from sweeps._pause import pause_at
 from sweeps.search.join import window_until, within_window
-from sweeps.search.trial import run_trial
+from sweeps.search.trial import DUPLICATE, run_trial
 from sweeps.tracking.logged_run import prepare
 from sweeps.tracking.storage import open_storage
 from sweeps.tracking.store import Store
@@ -31,6 +31,7 @@ log = logging.getLogger("kdsweep")
 ORPHAN_POLL_S = 0.5
 _POLL_S = 0.5  # how often a joined worker's main thread looks for a second Ctrl-C
 ORPHAN_EXIT_S = 5.0  # a worker whose parent died exits this long after, even mid-epoch
+MAX_DUPLICATES_IN_A_ROW = 20  # then the sampler has nothing new to propose
 ABORT_GRACE_S = 20.0  # what a second Ctrl-C's clean-up may take before the process exits regardless
 
 
@@ -45,6 +46,7 @@ def work(plan: SweepPlan, worker: int, interrupt: threading.Event) -> None:
     prepared = prepare(plan.task, store, device=plan.fixed.get("device", "auto"),  # a cache hit
                        teachers=int(plan.search_space().largest("teachers")))
     client = store.client()
+    duplicates = 0  # proposals in a row that repeated a finished trial
     while not interrupt.is_set():
         # A joined worker's time ends with the study's trials window too, which the run moves.
         current = within_window(plan, study) if plan.joined else plan
@@ -53,9 +55,15 @@ def work(plan: SweepPlan, worker: int, interrupt: threading.Event) -> None:
             return
         if current.failing(trials):  # the sweep stops: sweeps/search/sweep.py says why
             return
+        if duplicates >= MAX_DUPLICATES_IN_A_ROW:
+            log.warning("the sampler proposed %d finished configurations in a row: the search space looks exhausted "
+                        "(widen it, or give more choices); this worker stops", duplicates)
+            return
         trial = study.ask()
         pause_at("asked")
         run_trial(study, trial, current, prepared, client, interrupt)
+        ended = study._storage.get_trial(trial._trial_id)
+        duplicates = duplicates + 1 if ended.user_attrs.get("stop_reason") == DUPLICATE else 0
 
 
 def run_joined(plan: SweepPlan, note: Callable[[str], None]) -> tuple[dict[str, int], bool]:

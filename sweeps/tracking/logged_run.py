@@ -6,8 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kdcore import (CachedOutputs, ConfigError, EpochResult, Task, Teacher, TeacherLogits, TrainConfig, TrainResult,
-                    get_task, load_or_train_teacher, teacher_outputs, train)
+from kdcore import (CachedOutputs, ConfigError, EpochResult, Task, Teacher, TeacherLogits, TeacherSpec, TrainConfig,
+                    TrainResult, get_task, load_or_train_teacher, teacher_outputs, train)
 from sweeps.tracking.store import Store
 from sweeps.tracking.run_logger import RunLogger, final_metrics, student_checkpoint
 
@@ -37,9 +37,13 @@ class Prepared:
 
 
 def prepare(task_spec: str, store: Store, *, device: str = "auto",
-            on_teacher_epoch: Callable[[EpochResult], None] | None = None, teachers: int = 1) -> Prepared:
+            on_teacher_epoch: Callable[[TeacherSpec, EpochResult], None] | None = None, teachers: int = 1,
+            deadline: float | None = None) -> Prepared:
     """Resolve the task, store its data (kdcore.task_data) if it is not yet, load (or train once) its
-    first ``teachers`` teachers (``Task.teachers()``), and load (or build once) each one's logit cache."""
+    first ``teachers`` teachers (``Task.teachers()``), and load (or build once) each one's logit cache.
+
+    ``on_teacher_epoch(spec, epoch)`` sees each epoch of a teacher trained now; training stops at
+    ``deadline`` with OutOfTime, its progress saved for the next call."""
     from kdcore.task_data import TASK_DATA
 
     store.read_task_data()
@@ -52,7 +56,8 @@ def prepare(task_spec: str, store: Store, *, device: str = "auto",
                           f"({', '.join(s.name for s in specs)})")
     ready = []
     for spec in specs[:teachers]:
-        teacher = load_or_train_teacher(task, store.root, on_epoch=on_teacher_epoch, device=device, spec=spec)
+        hook = (lambda epoch, spec=spec: on_teacher_epoch(spec, epoch)) if on_teacher_epoch else None
+        teacher = load_or_train_teacher(task, store.root, on_epoch=hook, device=device, spec=spec, deadline=deadline)
         ready.append((teacher, teacher_outputs(task, teacher.model, teacher.digest, store.teacher_cache,
                                                device=device)))
     return Prepared(task_spec, task, *ready[0], store, tuple(ready[1:]))

@@ -21,6 +21,7 @@ from sweeps.search.leases import owner_tag
 from sweeps.tracking.logged_run import Prepared, run_params, train_logged
 from sweeps.tracking.run_logger import RunLogger
 from sweeps.verdict.paired import Pair, complete_verdict, incomplete_verdict
+from sweeps.verdict.timing import PairTime
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -35,7 +36,7 @@ FINISHED = frozenset({"completed", "early_stopped", "diverged"})  # the stopping
 # with NaN if an earlier invocation logged them (nokd_retention: the name before paired repeats).
 PAIR_METRICS = ("kd_gain", "kd_gain_ci95_low", "kd_gain_ci95_high", "kd_repeats", "distilled_test_acc",
                 "nokd_test_acc", "distilled_val_acc", "nokd_val_acc", "retention", "nokd_retention")
-VERDICT_METRICS = (*PAIR_METRICS[:-1], "teacher_test_acc", "best_trial")
+VERDICT_METRICS = (*PAIR_METRICS[:-1], "teacher_test_acc", "best_trial", "kd_repeats_wanted")
 VERDICT_TAGS = ("kd_verdict", "kd_verdict_reason", "kd_verdict_trial")
 VERDICT_ARTIFACT = "comparison.json"
 
@@ -69,54 +70,108 @@ def run_repeats(
     interrupt: threading.Event | None = None,
     on_start: Callable[[int, str], None] | None = None,
     tags: dict[str, str] | None = None,
+    pair_time: PairTime | None = None,
+    budget_s: float | None = None,
 ) -> dict[str, Any]:
     """Train ``repeats`` pairs (``config`` and its no-KD twin) and return the verdict dict.
 
     No arm starts once ``deadline`` (a ``time.time()`` value) has passed or ``interrupt`` is set;
-    a running arm stops at either and is logged with tag ``state`` = CUT. ``on_start(i, arm)``
-    runs before each arm (a progress view). The dict holds the parent run's metric and tag
-    names, plus ``repeats_wanted``, ``pairs_finished`` and ``runs`` (one entry per logged run).
+    a running arm stops at either and is logged with tag ``state`` = CUT. With ``pair_time`` (what
+    a pair is expected to take; each pair that runs corrects it), a pair starts only if it fits
+    before the deadline: when fewer than 2 fit from the start, none is run and the verdict says
+    which budget (``budget_s``: this one) would hold them all; when the budget holds 2 or more but
+    not all, the verdict rests on the whole pairs and says how many of ``repeats`` they are.
+    ``on_start(i, arm)`` runs before each arm (a progress view). The dict holds the parent run's
+    metric and tag names, plus ``repeats_wanted``, ``pairs_finished`` and ``runs`` (one entry per
+    logged run).
     """
     shared = {**(tags or {}), "kdsweep.kind": REPEAT_KIND, "kdsweep.study_run_id": study_run_id,
               **({"optuna.study": study} if study is not None else {}),
               **({"kdsweep.repeat_of_trial": str(trial)} if trial is not None else {})}
     pairs: list[Pair] = []
     runs: list[ArmRun] = []
-    reason = ""
+    stop: _Stop | None = None  # why the pairs ended before all ``repeats`` ran
     for i in range(1, repeats + 1):
+        stop = _stopped(deadline, interrupt, len(pairs), repeats) or (
+            _no_room(pair_time, deadline - time.time(), len(pairs), repeats, budget_s)
+            if deadline is not None and pair_time is not None else None)
+        if stop:
+            break
         seeded = config.model_copy(update={"seed": config.seed + i})
         arms = {KD: seeded, NOKD: no_kd_twin(seeded)}
         done: dict[str, ArmRun] = {}
+        started = time.monotonic()
         for arm in (KD, NOKD) if i % 2 else (NOKD, KD):
-            reason = _stopped(deadline, interrupt, len(pairs), repeats)
-            if reason:
+            stop = _stopped(deadline, interrupt, len(pairs), repeats)
+            if stop:
                 break
             if on_start is not None:
                 on_start(i, arm)
             run = _run_arm(prepared, arms[arm], arm, i, client, experiment_id, shared, deadline, interrupt)
             runs.append(run)
             if run.state != COMPLETE:
-                reason = _cut_reason(run, len(pairs), repeats, _signal(interrupt))
+                stop = _Stop(_cut_reason(run, len(pairs), repeats, _signal(interrupt)), run.stop_reason == "deadline")
                 break
             done[arm] = run
-        if reason:
+        if stop:
             break
+        if pair_time is not None:
+            pair_time.add(time.monotonic() - started)
         pairs.append(Pair(i, seeded.seed, done[KD].test_acc, done[NOKD].test_acc, done[KD].best_val_acc,
                           done[NOKD].best_val_acc))
-    teacher = prepared.teacher.test_acc
-    verdict = (incomplete_verdict(reason, teacher_test_acc=teacher, trial=trial) if reason
-               else complete_verdict(pairs, teacher_test_acc=teacher, trial=trial))
-    verdict.update(repeats_wanted=repeats, pairs_finished=len(pairs), runs=[asdict(r) for r in runs])
+    verdict = _verdict(pairs, stop, repeats, prepared.teacher.test_acc, trial)
+    verdict.update(kd_repeats_wanted=repeats, repeats_wanted=repeats, pairs_finished=len(pairs),
+                   runs=[asdict(r) for r in runs])
     return verdict
 
 
-def _stopped(deadline: float | None, interrupt: threading.Event | None, finished: int, wanted: int) -> str:
-    """Why no further arm may start, or ''."""
+@dataclass(frozen=True)
+class _Stop:
+    """Why the pairs ended early; ``by_budget`` when the budget's end, not a signal or a failure, did."""
+
+    reason: str
+    by_budget: bool = False
+
+
+def _verdict(pairs: list[Pair], stop: _Stop | None, wanted: int, teacher: float, trial: int | None) -> dict[str, Any]:
+    """Complete on every pair; complete on fewer when the budget held at least 2 whole pairs (and
+    then it says so); otherwise incomplete, with no gain at all."""
+    if stop is None:
+        return complete_verdict(pairs, teacher_test_acc=teacher, trial=trial)
+    if stop.by_budget and len(pairs) >= 2:
+        verdict = complete_verdict(pairs, teacher_test_acc=teacher, trial=trial)
+        why = stop.reason if stop.reason.startswith("the budget") else "the budget's end cut the next one"
+        verdict["kd_verdict_reason"] = f"{len(pairs)} of the {wanted} pairs asked for: {why}"
+        return verdict
+    return incomplete_verdict(stop.reason, teacher_test_acc=teacher, trial=trial)
+
+
+def _no_room(pair_time: PairTime, left_s: float, finished: int, wanted: int, budget_s: float | None) -> _Stop | None:
+    """Why the next pair may not start (it would not finish before the deadline), or None."""
+    if pair_time.pairs_within(left_s) >= (1 if finished else 2):
+        return None
+    left = max(0.0, left_s)
+    if finished:
+        return _Stop(f"the budget held no more pairs: pair {finished + 1} needs about {pair_time.seconds:.0f}s and "
+                     f"{left:.0f}s were left", by_budget=True)
+    hint = (f"; a --budget of about {_minutes(budget_s + wanted * pair_time.seconds - left)} would hold all {wanted}"
+            if budget_s is not None else "")
+    return _Stop(f"skipped: a verdict needs at least 2 pairs of about {pair_time.seconds:.0f}s each and {left:.0f}s "
+                 f"were left{hint}", by_budget=True)
+
+
+def _minutes(seconds: float) -> str:
+    """A budget to type: whole minutes, rounded up."""
+    return f"{max(1, math.ceil(seconds / 60))}m"
+
+
+def _stopped(deadline: float | None, interrupt: threading.Event | None, finished: int, wanted: int) -> _Stop | None:
+    """Why no further arm may start, or None."""
     if interrupt is not None and interrupt.is_set():
-        return f"interrupted ({_signal(interrupt)}) after {finished} of {wanted} pairs"
+        return _Stop(f"interrupted ({_signal(interrupt)}) after {finished} of {wanted} pairs")
     if deadline is not None and time.time() >= deadline:
-        return _deadline_reason(finished, wanted)
-    return ""
+        return _Stop(_deadline_reason(finished, wanted), by_budget=True)
+    return None
 
 
 def _deadline_reason(finished: int, wanted: int) -> str:

@@ -1,0 +1,57 @@
+"""How long one pair of the KD verdict takes: estimated from the chosen trial before the pairs
+start, then measured by the pairs themselves (under the machine's load at that moment).
+
+A sweep keeps K pairs' time at the end of its budget for the verdict, and the verdict starts a
+pair only if the estimate fits in the time left, so the verdict never starts what cannot finish.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+
+# The no-KD twin trains the same student on the same labelled batches, without the transfer set's
+# unlabelled inputs. A step's cost is not proportional to its inputs: a small model's step is
+# mostly fixed overhead. Measured on MNIST-1D's CNN students (batch 32 + 4 x 32 unlabelled inputs,
+# one thread), the twin took 0.42 to 0.55 of its distilled arm: a fixed cost worth about two
+# labelled batches per step fits that, and leaves the share at 1 without a transfer set.
+_STEP_OVERHEAD = 2.0
+_MARGIN = 1.05  # timing noise from one run to the next
+
+
+def twin_share(transfer_ratio: float) -> float:
+    """The no-KD twin's training time as a share of its distilled arm's."""
+    return (1.0 + _STEP_OVERHEAD) / (1.0 + transfer_ratio + _STEP_OVERHEAD)
+
+
+@dataclass
+class PairTime:
+    """Seconds one pair takes: ``estimate_s`` from a trial until pairs are measured, then from them."""
+
+    estimate_s: float
+    measured_s: list[float] = field(default_factory=list)
+
+    @classmethod
+    def from_trial(cls, train_s: float, epochs_run: int, max_epochs: int, overhead_s: float,
+                   transfer_ratio: float) -> PairTime:
+        """From a trial of the configuration: ``train_s`` over ``epochs_run`` epochs, ``overhead_s``
+        per run (its MLflow run, test pass and upload). Another seed may stop later than the trial
+        did, so its distilled arm is counted at ``max_epochs``; the twin at ``twin_share`` of that."""
+        kd_s = train_s / max(1, epochs_run) * max(epochs_run, max_epochs)
+        return cls(_MARGIN * (kd_s * (1.0 + twin_share(transfer_ratio)) + 2.0 * overhead_s))
+
+    def add(self, seconds: float) -> None:
+        """A pair just ran in ``seconds``: from now on the estimate is the pairs' own time."""
+        self.measured_s.append(seconds)
+
+    @property
+    def seconds(self) -> float:
+        if not self.measured_s:
+            return self.estimate_s
+        # The mean of what ran, or the last pair if it was slower: the load may have just grown.
+        return _MARGIN * max(statistics.fmean(self.measured_s), self.measured_s[-1])
+
+    def pairs_within(self, seconds: float) -> int:
+        """How many more whole pairs fit in ``seconds``."""
+        return max(0, math.floor(seconds / self.seconds)) if self.seconds > 0 else 0
