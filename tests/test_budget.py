@@ -84,12 +84,6 @@ def test_the_twin_of_a_transfer_set_trial_is_reserved_at_its_smaller_cost():
     assert plan(transfer_ratio=4.0, data_fraction=0.5).reserve_s([no_kd]) == pytest.approx(69.3 + 2.0)
 
 
-def test_a_trial_that_stopped_early_is_reserved_at_its_full_length():
-    # 5 s over 10 of 20 epochs: another seed may train all 20, 10 s: the same pair as above.
-    trials = [timed_trial(0.9, 5.0, 6.0, 10)]
-    assert plan().reserve_s(trials) == pytest.approx(69.3 + 2.0)
-
-
 def test_reserve_scales_with_the_trial_not_with_the_budget():
     trials = [timed_trial(0.9, 1.0, 1.5, 10)]
     assert plan(budget_s=60).reserve_s(trials) == plan(budget_s=7200).reserve_s(trials)
@@ -141,3 +135,48 @@ def test_whole_pairs_within_a_time():
     from sweeps.verdict.timing import PairTime
 
     assert [PairTime(10.0).pairs_within(s) for s in (-5.0, 0.0, 9.9, 10.0, 35.0)] == [0, 0, 0, 1, 3]
+
+
+# --------------------------------------------------------------------------------------------
+# Set-up against the budget (SetupClock): one line, early, saying whether the teacher fits
+# --------------------------------------------------------------------------------------------
+
+def _epoch(number: int, seconds: float):
+    from kdcore import EpochResult
+
+    return EpochResult(number, 0.0, 0.0, 0.0, 0.0, 0.5, 1e-3, seconds, 100.0)
+
+
+def test_the_teacher_estimate_comes_once_after_two_timed_epochs():
+    from sweeps.search.budget import SetupClock
+
+    clock = SetupClock(deadline=1_000.0)
+    first = clock.epoch("teacher", 100, _epoch(1, 2.0), now=10.0)
+    second = clock.epoch("teacher", 100, _epoch(2, 1.0), now=11.0)
+    third = clock.epoch("teacher", 100, _epoch(3, 1.0), now=12.0)
+
+    assert first[1] is None and third[1] is None
+    assert second[0] == "training the teacher: epoch 2/100, about 2m27s left"  # median 1.5 s x 98 epochs
+    assert second[1].startswith("the teacher: about 2m27s more to train (98 epochs of 1.50s")
+    assert "the budget has 16m29s left, so about 14m02s remain for the search and the verdict" in second[1]
+
+
+def test_a_teacher_that_cannot_finish_in_the_budget_says_so_at_once_and_that_the_next_run_resumes_it():
+    from sweeps.search.budget import SetupClock
+
+    clock = SetupClock(deadline=100.0)
+    clock.epoch("teacher", 150, _epoch(1, 2.0), now=10.0)
+    _, line = clock.epoch("teacher", 150, _epoch(2, 2.0), now=12.0)
+
+    assert "cannot finish in this run" in line and "the next run resumes it" in line
+
+
+def test_once_a_trial_completes_the_outlook_says_how_many_more_trials_and_pairs_fit():
+    p = plan(budget_s=600.0)
+    assert p.outlook([], now=p.started_at) is None
+    trials = [timed_trial(0.9, 10.0, 11.0, 20)]  # a pair: 23.1 s (see above); 3 of them 69.3 s + 2 s
+    # 600 s - 71.3 s reserved = 528.7 s for trials of 11 s: 48 more.
+    assert p.outlook(trials, now=p.started_at) == (
+        "at this speed a full trial takes about 11s: the budget holds about 48 more, then the verdict's 3 pairs "
+        "(about 23s each) (pruned trials end sooner, so more of them run)")
+    assert "only 1 of the verdict's 3 pairs" in plan(budget_s=40.0).outlook(trials, now=p.started_at)

@@ -65,6 +65,6 @@ class SetupClock:
         if left_s > budget_left:
             line += (": it cannot finish in this run, so it trains until the budget's end, saving every epoch, and "
                      "the next run resumes it; no trial runs this time")
-        elif left_s > budget_left / 2:
+        else:
             line += f", so about {format_seconds(budget_left - left_s)} remain for the search and the verdict"
         return note, line

@@ -114,19 +114,17 @@ class SweepPlan:
         from sweeps.search.overrides import trial_config
 
         chosen = self.best_trial([t for t in trials if "train_time_s" in t.user_attrs])
-        max_epochs = self.search_space().max_epochs()
         if chosen is not None:
             best = chosen.user_attrs
             config = trial_config(self.search_space(), chosen)
-            return PairTime.from_trial(best["train_time_s"], best.get("epochs_run", max_epochs), max_epochs,
-                                       max(0.0, best.get("wall_time_s", 0.0) - best["train_time_s"]),
+            return PairTime.from_trial(best["train_time_s"], max(0.0, best.get("wall_time_s", 0.0) - best["train_time_s"]),
                                        config.transfer_ratio if config.distills() else 0.0)
         timed = [t.user_attrs for t in trials if "epoch_time_s" in t.user_attrs]
         if not timed:
             return None
         epoch_s = statistics.median(a["epoch_time_s"] for a in timed)
         overhead_s = statistics.median(max(0.0, a["wall_time_s"] - a["epoch_time_s"] * a["epochs_run"]) for a in timed)
-        return PairTime.from_trial(epoch_s * max_epochs, max_epochs, max_epochs, overhead_s, 0.0)
+        return PairTime.from_trial(epoch_s * self.search_space().max_epochs(), overhead_s, 0.0)
 
     def outlook(self, trials: list[optuna.trial.FrozenTrial], now: float | None = None) -> str | None:
         """Once a trial has completed: roughly how many more trials and how many of the verdict's
