@@ -33,6 +33,9 @@ def check_sweep(plan: SweepPlan, enqueue_presets: bool, pruner_given: bool = Tru
     if plan.storage_url != default_storage_url(Path(plan.store_root)):  # the default folder is created later
         check_storage_url(plan.storage_url)
     space = plan.search_space()
+    # Before the task's data is read (MNIST-1D draws its signals in a fresh store): a resume of
+    # another study's task is refused at once.
+    check_resume_matches(plan, space)
     # The top of every range is the worst case for the checks that depend on searched values (the
     # largest data_fraction leaves the smallest transfer set; alpha 1 uses it); the task's preflight
     # builds a student at both ends of the ratio range.
@@ -61,7 +64,6 @@ def check_sweep(plan: SweepPlan, enqueue_presets: bool, pruner_given: bool = Tru
         overrides.preset_trials(space)  # every preset's settings must combine with the fixed ones
     store = Store(Path(plan.store_root), plan.tracking_uri)
     store.check_writable()
-    check_resume_matches(plan, space)
     store.check_database(logged_trials=len(linked_runs(plan.storage_url, plan.study)))
     store.check_reachable()
     return space
