@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from types import TracebackType
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 
 from cli._common import console
 
@@ -16,12 +17,14 @@ class EpochProgress:
         self.description = description
         self.total = total_epochs
         self.progress: Progress | None = None
+        self.first = True
 
     def __enter__(self) -> EpochProgress:
         if console.is_terminal:
             self.progress = Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("val_acc {task.fields[val_acc]}"), TimeElapsedColumn(),
+                TextColumn("val_acc {task.fields[val_acc]}"), TimeElapsedColumn(), TextColumn("left"),
+                TimeRemainingColumn(),
                 console=console, transient=False)
             self.progress.start()
             self.task_id = self.progress.add_task(self.description, total=self.total, val_acc="-")
@@ -31,6 +34,9 @@ class EpochProgress:
 
     def update(self, epoch) -> None:
         if self.progress is not None:
+            if self.first:  # a resumed run starts at its epoch: the time left must not count the earlier ones
+                self.progress.reset(self.task_id, completed=epoch.epoch - 1, val_acc="-")
+                self.first = False
             self.progress.update(self.task_id, completed=epoch.epoch, val_acc=f"{epoch.val_acc:.4f}")
         else:
             console.print(
