@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 # one thread), the twin took 0.42 to 0.55 of its distilled arm: a fixed cost worth about two
 # labelled batches per step fits that, and leaves the share at 1 without a transfer set.
 _STEP_OVERHEAD = 2.0
-_MARGIN = 1.05  # timing noise from one run to the next
 
 
 def twin_share(transfer_ratio: float) -> float:
@@ -36,10 +35,11 @@ class PairTime:
     def from_trial(cls, train_s: float, overhead_s: float, transfer_ratio: float) -> PairTime:
         """From a trial of the configuration: ``train_s`` of training, ``overhead_s`` per run (its
         MLflow run, test pass and upload). Other seeds stop at other epochs, some sooner, some later
-        (measured: the distilled arms of 3 pairs took 0.82 to 1.09 of their trial's time); a pair
-        that runs long only costs the verdict its last pair, which the check before each pair
-        catches, so the estimate is the expected time, not the longest possible."""
-        return cls(_MARGIN * (train_s * (1.0 + twin_share(transfer_ratio)) + 2.0 * overhead_s))
+        (measured: the distilled arms of 3 pairs took 0.82 to 1.09 of their trial's time, and on a
+        busy machine 0.72, trials being slower beside the sweep's own bookkeeping); a pair that runs
+        long only costs the verdict its last pair, which the check before each pair catches, so the
+        estimate is the expected time, not the longest possible."""
+        return cls(train_s * (1.0 + twin_share(transfer_ratio)) + 2.0 * overhead_s)
 
     def add(self, seconds: float) -> None:
         """A pair just ran in ``seconds``: from now on the estimate is the pairs' own time."""
@@ -50,7 +50,7 @@ class PairTime:
         if not self.measured_s:
             return self.estimate_s
         # The mean of what ran, or the last pair if it was slower: the load may have just grown.
-        return _MARGIN * max(statistics.fmean(self.measured_s), self.measured_s[-1])
+        return max(statistics.fmean(self.measured_s), self.measured_s[-1])
 
     def pairs_within(self, seconds: float) -> int:
         """How many more whole pairs fit in ``seconds``."""
