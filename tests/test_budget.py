@@ -180,3 +180,13 @@ def test_once_a_trial_completes_the_outlook_says_how_many_more_trials_and_pairs_
         "at this speed a full trial takes about 11s: the budget holds about 48 more, then the verdict's 3 pairs "
         "(about 22s each) (pruned trials end sooner, so more of them run)")
     assert "only 1 of the verdict's 3 pairs" in plan(budget_s=40.0).outlook(trials, now=p.started_at)
+
+
+def test_when_not_even_two_pairs_fit_any_more_the_rest_of_the_budget_goes_to_trials():
+    # A pair takes 22 s (see above): 2 pairs and the 2 s to close need 46 s.
+    p = plan(budget_s=600.0)
+    trials = [timed_trial(0.9, 10.0, 11.0, 20)]
+    assert p.reserve_s(trials, now=p.deadline - 100) == pytest.approx(66.0 + 2.0)  # 3 pairs still fit
+    assert p.reserve_s(trials, now=p.deadline - 50) == pytest.approx(66.0 + 2.0)  # 2 do: the verdict runs 2
+    assert p.reserve_s(trials, now=p.deadline - 40) == pytest.approx(2.0)  # none would: search on
+    assert p.trials_deadline(trials, now=p.deadline - 40) == pytest.approx(p.deadline - 2.0)

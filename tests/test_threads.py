@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from _sweep_helpers import sweep_template  # noqa: F401  (a fixture)
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
@@ -75,3 +76,20 @@ def test_a_run_records_the_threads_it_trained_with(tmp_path, teacher_store):
     client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
     run, = client.search_runs([client.get_experiment_by_name("kdsweep-train").experiment_id])
     assert run.data.tags["kdsweep.threads"] == "2"
+
+
+def test_a_run_with_more_jobs_than_cores_runs_as_many_workers_as_cores_and_says_so(tmp_path, sweep_template):
+    from _sweep_helpers import copy_store, mlflow_client
+
+    store = copy_store(sweep_template, tmp_path / "store")
+    jobs = usable_cores() + 1
+    result = CliRunner().invoke(app, ["run", "--task", "digits", "--jobs", str(jobs), "--n-trials", "1", "--repeats",
+                                      "0", "--budget", "120s", "--study", "s", "--store", str(store)])
+
+    assert result.exit_code == 0, result.output
+    assert f"--jobs {jobs}: kdsweep may use {usable_cores()} core(s) here, so it runs {usable_cores()} worker(s)" \
+        in " ".join(result.output.split())
+    client = mlflow_client(store)
+    parent, = [r for r in client.search_runs([client.get_experiment_by_name("s").experiment_id])
+               if r.data.tags.get("kdsweep.kind") == "study"]
+    assert (parent.data.tags["jobs"], parent.data.tags["threads"]) == (str(usable_cores()), "1")

@@ -95,9 +95,18 @@ class SweepPlan:
         complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values and feasible(t)]
         return max(complete, key=val_acc) if complete else None
 
-    def reserve_s(self, trials: list[optuna.trial.FrozenTrial]) -> float:
-        """Time kept at the end for the paired repeats of the KD verdict and closing the runs."""
-        return self.repeats_s(trials) + _CLOSE_MARGIN_S + (_PROCESS_EXIT_S if self.jobs > 1 else 0.0)
+    def reserve_s(self, trials: list[optuna.trial.FrozenTrial], now: float | None = None) -> float:
+        """Time kept at the end for the paired repeats of the KD verdict and closing the runs.
+
+        Once too little time is left for even 2 pairs (a first trial ran past the reserve, its time
+        unknown until it ended), the verdict cannot be had in this run: the rest of the budget goes
+        to more trials instead of standing idle, and the verdict then says which budget would hold it."""
+        closing = _CLOSE_MARGIN_S + (_PROCESS_EXIT_S if self.jobs > 1 else 0.0)
+        pair = self.pair_time(trials) if self.repeats else None
+        left = self.deadline - (time.time() if now is None else now)
+        if pair is not None and left < 2 * pair.seconds + closing:
+            return closing
+        return self.repeats_s(trials) + closing
 
     def repeats_s(self, trials: list[optuna.trial.FrozenTrial]) -> float:
         """The repeats' estimated time: K pairs (sweeps.verdict.timing), measured on the best COMPLETE
@@ -136,7 +145,7 @@ class SweepPlan:
             return None
         now = time.time() if now is None else now
         trial_s = statistics.median(a["wall_time_s"] for a in complete)
-        more = max(0, int((self.trials_deadline(trials) - now) / trial_s))
+        more = max(0, int((self.trials_deadline(trials, now) - now) / trial_s))
         text = f"at this speed a full trial takes about {_seconds(trial_s)}: the budget holds about {more} more"
         if self.repeats:
             pair = self.pair_time(trials)
@@ -146,9 +155,9 @@ class SweepPlan:
                      else f"; only {fit} of the verdict's {self.repeats} pairs ({each}) fit")
         return text + " (pruned trials end sooner, so more of them run)"
 
-    def trials_deadline(self, trials: list[optuna.trial.FrozenTrial]) -> float:
+    def trials_deadline(self, trials: list[optuna.trial.FrozenTrial], now: float | None = None) -> float:
         """When trials must stop, leaving the reserve for the repeats."""
-        return self.deadline - self.reserve_s(trials)
+        return self.deadline - self.reserve_s(trials, now)
 
     def has_time_for_a_trial(self, trials: list[optuna.trial.FrozenTrial], now: float | None = None) -> bool:
         """Start a trial only if it can reach ``min_epochs`` before the trials' deadline.
@@ -157,7 +166,7 @@ class SweepPlan:
         ``min_epochs``, plus the median per-trial overhead (run set-up, test pass, upload).
         """
         now = time.time() if now is None else now
-        left = self.trials_deadline(trials) - now
+        left = self.trials_deadline(trials, now) - now
         timed = [t.user_attrs for t in trials if "epoch_time_s" in t.user_attrs]
         if not timed:
             return left > 0
