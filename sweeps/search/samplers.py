@@ -45,7 +45,11 @@ def make_sampler(name: str, space: SearchSpace, seed: int | None, grid_points: i
     if name == "cmaes":
         # CMA-ES handles only numeric ranges; choices fall back to independent random sampling.
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+    import warnings
+
+    with warnings.catch_warnings():  # Optuna marks QMC experimental; kdsweep offers it as it is
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
 
 
 def make_pruner(name: str, min_epochs: int, max_epochs: int) -> optuna.pruners.BasePruner:
