@@ -84,6 +84,13 @@ def test_the_twin_of_a_transfer_set_trial_is_reserved_at_its_smaller_cost():
     assert plan(transfer_ratio=4.0, data_fraction=0.5).reserve_s([no_kd]) == pytest.approx(66.0 + 2.0)
 
 
+def test_a_trial_that_stopped_early_is_reserved_halfway_to_its_full_length():
+    # 5 s over 10 of 20 epochs: other seeds run longer, counted at 15 epochs, 7.5 s:
+    # a pair 7.5 s x 2 + 2 x 1 s = 17 s; 3 pairs 51 s, plus 2 s.
+    trials = [timed_trial(0.9, 5.0, 6.0, 10)]
+    assert plan().reserve_s(trials) == pytest.approx(51.0 + 2.0)
+
+
 def test_reserve_scales_with_the_trial_not_with_the_budget():
     trials = [timed_trial(0.9, 1.0, 1.5, 10)]
     assert plan(budget_s=60).reserve_s(trials) == plan(budget_s=7200).reserve_s(trials)

@@ -127,7 +127,8 @@ class SweepPlan:
             best = chosen.user_attrs
             config = trial_config(self.search_space(), chosen)
             return PairTime.from_trial(best["train_time_s"], max(0.0, best.get("wall_time_s", 0.0) - best["train_time_s"]),
-                                       config.transfer_ratio if config.distills() else 0.0)
+                                       config.transfer_ratio if config.distills() else 0.0,
+                                       best.get("epochs_run"), self.search_space().max_epochs())
         timed = [t.user_attrs for t in trials if "epoch_time_s" in t.user_attrs]
         if not timed:
             return None

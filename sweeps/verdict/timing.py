@@ -32,13 +32,19 @@ class PairTime:
     measured_s: list[float] = field(default_factory=list)
 
     @classmethod
-    def from_trial(cls, train_s: float, overhead_s: float, transfer_ratio: float) -> PairTime:
-        """From a trial of the configuration: ``train_s`` of training, ``overhead_s`` per run (its
-        MLflow run, test pass and upload). Other seeds stop at other epochs, some sooner, some later
-        (measured: the distilled arms of 3 pairs took 0.82 to 1.09 of their trial's time, and on a
-        busy machine 0.72, trials being slower beside the sweep's own bookkeeping); a pair that runs
-        long only costs the verdict its last pair, which the check before each pair catches, so the
-        estimate is the expected time, not the longest possible."""
+    def from_trial(cls, train_s: float, overhead_s: float, transfer_ratio: float, epochs_run: int | None = None,
+                   max_epochs: int | None = None) -> PairTime:
+        """From a trial of the configuration: ``train_s`` of training over ``epochs_run`` of at most
+        ``max_epochs`` epochs, ``overhead_s`` per run (its MLflow run, test pass and upload).
+
+        Other seeds stop at other epochs. After a trial that ran all its epochs, the arms took 0.72 to
+        1.09 of its time (0.72 beside two CPU burners, where a trial runs slower beside the sweep's own
+        bookkeeping than a repeat does). After one that stopped early at epoch e, they ran past it
+        (e = 46 of 60: 47 to 57 epochs), so its arm is counted halfway from e to the maximum. A
+        pair that runs long costs the verdict only its last pair, which the check before each pair
+        catches, so this is the expected time, not the longest possible."""
+        if epochs_run and max_epochs and epochs_run < max_epochs:
+            train_s *= (epochs_run + max_epochs) / (2 * epochs_run)
         return cls(train_s * (1.0 + twin_share(transfer_ratio)) + 2.0 * overhead_s)
 
     def add(self, seconds: float) -> None:
