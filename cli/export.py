@@ -21,6 +21,7 @@ def export(
     int8: Annotated[bool, typer.Option("--int8", help="Export the INT8 copy (torchao int8 weight-only of its Linear layers); pt2 only.")] = False,
     run: Annotated[Optional[str], typer.Option("--run", help="Export the student of this run of the study instead: a kdsweep compress step (as it runs) or a federate run.")] = None,
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not log the file to the trial's MLflow run.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists (it is replaced only once the new file reloads).")] = False,
     store: StoreOpt = None,
     tracking_uri: TrackingOpt = None,
     storage: StorageOpt = None,
@@ -30,7 +31,7 @@ def export(
 
     set_threads(None)  # the re-score runs the student: one thread, as every command that runs a model
     done = export_student(study, out, trial=trial, format=format, int8=int8, run=run, log_to_mlflow=not no_mlflow,
-                          storage=storage, tracking_uri=tracking_uri, store=store)
+                          storage=storage, tracking_uri=tracking_uri, store=store, force=force)
     recorded = (f"; {'its run' if run else 'the trial'} recorded {done.checkpoint_test_acc:.4f}"
                 if done.checkpoint_test_acc is not None else "")
     load = "torch.jit.load(path)" if done.format == "torchscript" else "torch.export.load(path).module()"

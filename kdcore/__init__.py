@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from kdcore.errors import CacheError, ConfigError, KDSweepError, OutOfTime, StopTraining, TaskError
+from kdcore.errors import (CacheError, ConfigError, DamagedFileError, KDSweepError, OutOfTime, StopTraining, TaskError,
+                           TrainingFailed)
 
 _LAZY = {
     **dict.fromkeys(("CachedOutputs", "cache_key", "teacher_outputs"), "kdcore.cache"),
@@ -64,7 +65,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_TASK", "EMBEDDING_SETTINGS", "PRESETS", "ArchitectureCost", "CacheError", "CachedOutputs", "ConfigError",
     "EmbeddingKDLoss", "EpochResult", "Evaluation", "FederatedResult", "RoundResult", "fed_avg", "federate",
-    "partition", "Int8Student", "KDLoss", "KDSweepError", "OutOfTime", "PeakMemory", "ProxyLoss", "Splits",
+    "partition", "Int8Student", "KDLoss", "KDSweepError", "DamagedFileError", "TrainingFailed", "OutOfTime", "PeakMemory", "ProxyLoss", "Splits",
     "StopTraining", "Task", "TaskError", "Teacher", "TeacherLogits", "TeacherSpec", "TrainConfig", "TrainResult",
     "architecture_cost", "architecture_key", "bake", "cache_key", "check_config", "count_parameters", "deployable",
     "embedding_kd_loss", "evaluate_model", "fake_quantize", "get_task", "int8_metrics", "kd_loss", "latency_ms",

@@ -33,6 +33,36 @@ def load_safe(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def load_checkpoint(path: Path, what: str, shown: str | None = None) -> dict[str, Any]:
+    """``load_safe``, with a file that cannot be read (truncated, overwritten, not a checkpoint)
+    answered by DamagedFileError naming ``what`` and the file (or ``shown``: where a downloaded
+    copy came from), on one line."""
+    from kdcore.errors import DamagedFileError
+
+    path_text = shown or str(path)
+    try:
+        loaded = load_safe(path)
+    except FileNotFoundError:
+        raise
+    except Exception as error:
+        raise DamagedFileError(f"{what} {path_text} cannot be read ({read_problem(error)}): nothing was changed; "
+                               "restore it, or delete it to make it again") from None
+    if not isinstance(loaded, dict):
+        raise DamagedFileError(f"{what} {path_text} holds a {type(loaded).__name__}, not a checkpoint: nothing was "
+                               "changed; restore it, or delete it to make it again")
+    return loaded
+
+
+def read_problem(error: BaseException) -> str:
+    """Why a file could not be loaded, on one line: torch's own messages run to several lines of
+    advice about ``weights_only`` that do not apply to a truncated file."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    text = text.removeprefix("Weights only load failed.").strip() or (lines[1] if len(lines) > 1 else "")
+    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text if len(text) <= 160 else f"{text[:157]}..."
+
+
 def tensor_digest(*tensors: torch.Tensor) -> str:
     """sha256 of tensors' bytes, to detect corrupted or mismatched weights and logits."""
     digest = hashlib.sha256()

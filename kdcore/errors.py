@@ -23,6 +23,20 @@ class CacheError(KDSweepError):
     """Teacher outputs read back from the cache disagree with a live teacher forward."""
 
 
+class DamagedFileError(KDSweepError):
+    """A file kdsweep wrote (a checkpoint, a teacher, a store's database) cannot be read back: it was
+    truncated or overwritten. Nothing was changed; the CLI exits with code 1 (the input was fine)."""
+
+    exit_code = 1
+
+
+class TrainingFailed(KDSweepError):
+    """Training produced nothing usable (its loss diverged): the settings were valid but too
+    aggressive. Exit code 1."""
+
+    exit_code = 1
+
+
 class OutOfTime(KDSweepError):
     """The budget ended during set-up (the teacher's training), before any trial could run; what was
     done is saved and the next run resumes it. Exit code 1."""

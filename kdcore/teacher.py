@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
-from kdcore._files import load_safe, save_atomic, state_digest
+from kdcore._files import load_safe, read_problem, save_atomic, state_digest
 from kdcore.config import TrainConfig
 from kdcore.data import BatchSource, fingerprint
 from kdcore.errors import OutOfTime
@@ -73,7 +73,7 @@ def load_or_train_teacher(
                 return Teacher(model.eval(), saved["test_acc"], saved["digest"], path, False, saved["train_time_s"],
                                val_acc, spec.name)
         except Exception as error:  # a truncated or foreign file: retrain rather than trust it
-            log.warning("teacher checkpoint %s is unreadable (%s); training a new one", path, error)
+            log.warning("teacher checkpoint %s is unreadable (%s); training a new one", path, read_problem(error))
         else:
             log.warning("teacher checkpoint %s does not verify; training a new one", path)
 
@@ -113,7 +113,8 @@ def _partial_state(partial: Path, config: TrainConfig) -> tuple[dict | None, flo
             return saved["state"], float(saved["spent_s"])
         log.warning("teacher progress %s was saved for other settings; training the teacher from the start", partial)
     except Exception as error:
-        log.warning("teacher progress %s is unreadable (%s); training the teacher from the start", partial, error)
+        log.warning("teacher progress %s is unreadable (%s); training the teacher from the start", partial,
+                    read_problem(error))
     return None, 0.0
 
 

@@ -59,14 +59,17 @@ def sweep_store(tmp_path_factory, teacher_store: Path) -> SweepStore:
 
 
 def copy_store(store: SweepStore, destination: Path) -> SweepStore:
-    """A private copy of ``store`` to modify. Experiments record absolute artifact locations, so the
-    copy's database is pointed at the copy's artifacts."""
-    import sqlite3
-
+    """A private copy of ``store`` to modify, settled in its new place as any kdsweep command would
+    settle it (``Store.settle``: the copy's artifact locations point into the copy)."""
     root = destination / "store"
     shutil.copytree(store.root, root, ignore=shutil.ignore_patterns("teachers", ".cache", "checkpoints"))
-    old, new = (store.root / "artifacts").as_uri(), (root / "artifacts").as_uri()
-    with sqlite3.connect(root / "mlflow.db") as db:
-        db.execute("UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)", (old, new))
-        db.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (old, new))
+    settle(root)
     return SweepStore(root, store.study)
+
+
+def settle(root: Path) -> None:
+    """Let a copied store point at itself before a test compares its files (the first kdsweep
+    command on it would do the same)."""
+    from sweeps.tracking.store import Store
+
+    Store.resolve(root).settle()

@@ -8,6 +8,8 @@ The file is reloaded the way a user without kdsweep would load it (``torch.jit.l
 from __future__ import annotations
 
 import contextlib
+import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,11 +39,15 @@ class Exported:
 
 def export_student(study: str, out: str | Path, *, trial: int | None = None, format: str = "pt2",
                    int8: bool = False, run: str | None = None, log_to_mlflow: bool = True, storage: str | None = None,
-                   tracking_uri: str | None = None, store: str | Path | None = None) -> Exported:
+                   tracking_uri: str | None = None, store: str | Path | None = None, force: bool = False) -> Exported:
     """Write trial ``trial``'s student (default: the study's best by validation accuracy, within its
     limits) to ``out``, reload it with PyTorch alone, score it on the test split, log it to the run.
     ``run`` instead names a run of the study whose student to write: a ``kdsweep compress`` step
-    (pruned, quantized as it ran) or a ``kdsweep federate`` run."""
+    (pruned, quantized as it ran) or a ``kdsweep federate`` run.
+
+    ``out`` is checked before any work: outside the store, in a folder that can be written, and
+    not an existing file unless ``force``. It is written aside and renamed into place once it
+    reloads, so a kill or an error never leaves a half-written file there, nor loses the old one."""
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r} (choose from {', '.join(FORMATS)})")
     if int8 and format == "torchscript":
@@ -49,15 +55,16 @@ def export_student(study: str, out: str | Path, *, trial: int | None = None, for
     if run is not None and (trial is not None or int8):
         raise ConfigError("--run names the student to export: leave out --trial and --int8 (a compress step's "
                           "student is exported as it runs)")
-    out = Path(out)
-    if out.exists() and out.is_dir():
-        raise ConfigError(f"--out {out} is a folder: give a file name, e.g. {out / f'student.{_suffix(format)}'}")
-    if not out.parent.is_dir():
-        raise ConfigError(f"--out {out}: folder {out.parent} does not exist")
-
     from kdcore import get_task
     from sweeps.query.trials import Sources, best, load_run_student, load_student, trial_row, trials
+    from sweeps.tracking.store import check_output
 
+    sources = Sources.resolve(storage, tracking_uri, store)
+    out = check_output(Path(out), sources.store, storage_url=sources.storage_url, force=force)
+    if format == "pt2" and out.suffix != ".pt2":  # torch.export.load warns, and other tools refuse it
+        raise ConfigError(f"--out {out}: a pt2 file's name ends in .pt2, e.g. {out.with_suffix('.pt2')}")
+    if log_to_mlflow:
+        sources.store.check_writable()
     task = get_task(_task_of(study, storage, tracking_uri, store))
     if run is not None:
         number, recorded, run_id = _logged_run(study, run, tracking_uri, store)
@@ -69,7 +76,7 @@ def export_student(study: str, out: str | Path, *, trial: int | None = None, for
         model = load_student(study, number, storage=storage, tracking_uri=tracking_uri, store=store)
         recorded = row["int8_test_acc"] if int8 else row["test_acc"]
         run_id = row["mlflow_run_id"] if isinstance(row["mlflow_run_id"], str) else None
-    Sources.resolve(storage, tracking_uri, store).store.read_task_data()  # read only: export writes no store file
+    sources.store.read_task_data()  # read only: export writes no store file
     test = task.splits().test
     if int8:
         from kdcore.cost import quantize_int8
@@ -80,17 +87,25 @@ def export_student(study: str, out: str | Path, *, trial: int | None = None, for
                               "export it without --int8")
         model = quantized.model
     example = _example(test)
+    # Aside, under a name with the right suffix (torch.export.load wants .pt2), in the same folder.
+    staged = out.with_name(f".{out.stem}.{uuid.uuid4().hex[:8]}.tmp{out.suffix or '.' + _suffix(format)}")
     try:
-        _write(model, example, out, format)
-    except Exception as error:  # a forward that cannot be traced or exported: say which, and the other way
-        other = "torchscript" if format == "pt2" else "pt2"
-        out.unlink(missing_ok=True)
-        raise ConfigError(f"cannot export trial {number} as {format}: {type(error).__name__}: "
-                          f"{' '.join(str(error).split())[:300]}; try --format {other}") from None
-    reloaded = _load(out, format)
-    test_acc = _score(reloaded, test, task.kind)
+        try:
+            _write(model, example, staged, format)
+        except Exception as error:  # a forward that cannot be traced or exported: say which, and the other way
+            other = "torchscript" if format == "pt2" else "pt2"
+            raise ConfigError(f"cannot export trial {number} as {format}: {type(error).__name__}: "
+                              f"{' '.join(str(error).split())[:300]}; try --format {other}") from None
+        test_acc = _score(_load(staged, format), test, task.kind)
+        os.replace(staged, out)
+    finally:
+        staged.unlink(missing_ok=True)
     if log_to_mlflow and run_id:
-        Sources.resolve(storage, tracking_uri, store).store.client().log_artifact(run_id, str(out), "export")
+        from sweeps.tracking.owners import close_dead_runs
+
+        client = sources.store.client()
+        close_dead_runs(client, [client.get_run(run_id).info.experiment_id])  # as every command that writes runs
+        client.log_artifact(run_id, str(out), "export")
     return Exported(out, format, number, int8, test_acc, None if recorded != recorded else float(recorded),
                     out.stat().st_size, run_id, "Recall@1" if task.kind == "embedding" else "accuracy")
 

@@ -97,6 +97,11 @@ class Sources:
         storage = self.storage()
         names = sorted(s.study_name for s in storage.get_all_studies())
         if name not in names:
+            logged = 0 if names else self.store.logged_runs(name)
+            if logged:  # MLflow holds the study's runs, the storage no study at all: it lost them
+                raise StoreDamagedError(f"Optuna storage {display_url(self.storage_url)} holds no study, but the MLflow "
+                                        f"database holds {logged} run(s) of study {name!r}: the storage was emptied or "
+                                        "replaced; restore it from a backup, or give the --storage it lives in")
             raise ConfigError(f"unknown study {name!r} in {self.storage_url} "
                               f"(studies: {', '.join(names) if names else 'none yet'})")
         return optuna.load_study(study_name=name, storage=storage)
@@ -339,7 +344,7 @@ def load_student(study: str, trial: int | pd.Series, *, storage: str | None = No
     uri = found[0].user_attrs.get("checkpoint_uri")
     if not uri:
         raise ConfigError(f"trial {number} of study {study!r} has no checkpoint (state {found[0].state.name})")
-    return _student_at(uri, sources.store.tracking_uri)
+    return _student_at(uri, sources.store)
 
 
 def load_run_student(run_id: str, *, tracking_uri: str | None = None, store: str | Path | None = None) -> nn.Module:
@@ -355,26 +360,27 @@ def load_run_student(run_id: str, *, tracking_uri: str | None = None, store: str
         paths.client().get_run(run_id)
     except MlflowException:
         raise ConfigError(f"no run {run_id!r} in the tracking store {paths.tracking_uri}") from None
-    return _student_at(f"runs:/{run_id}/{CHECKPOINT_DIR}/{CHECKPOINT_FILE}", paths.tracking_uri)
+    return _student_at(f"runs:/{run_id}/{CHECKPOINT_DIR}/{CHECKPOINT_FILE}", paths)
 
 
-def _student_at(uri: str, tracking_uri: str) -> nn.Module:
+def _student_at(uri: str, store: Store) -> nn.Module:
     import tempfile
 
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
     from kdcore import get_task
-    from kdcore._files import load_safe
+    from kdcore._files import load_checkpoint
     from kdcore.compress import deployable, rebuild
     from sweeps.tracking.run_logger import STUDENT_FORMAT
 
+    store.settle()  # a copied or moved store: its artifacts are here, not where they were logged
     with tempfile.TemporaryDirectory() as tmp, _no_progress_bars():
         try:
-            path = download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri)
+            path = download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=store.tracking_uri)
         except (MlflowException, OSError) as error:
             raise ConfigError(f"no student checkpoint at {uri}: {str(error).splitlines()[0]}") from None
-        checkpoint = load_safe(Path(path))
+        checkpoint = load_checkpoint(Path(path), "student checkpoint", shown=uri)
     if checkpoint.get("format") != STUDENT_FORMAT:
         raise ConfigError(f"{uri} is not a kdsweep student checkpoint (format {checkpoint.get('format')!r}, "
                           f"expected {STUDENT_FORMAT!r})")

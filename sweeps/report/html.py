@@ -23,7 +23,7 @@ from sweeps.query._format import cell
 from sweeps.query._runs import ExperimentRuns, experiment_runs
 from sweeps.query.summary import gain_interval, study_comparison, verdict_line
 from sweeps.query.trials import SELECTION_METRIC, Sources, check_runs_found, trial_frame, update_pareto_tags
-from sweeps.tracking.store import check_folder, folder_name, make_folder
+from sweeps.tracking.store import check_output, folder_name, make_folder
 
 if TYPE_CHECKING:
     import optuna
@@ -55,8 +55,8 @@ def write_report(study: str, out: str | Path | None = None, *, storage: str | No
     the study's name made a safe folder name); unless ``log_to_mlflow`` is False, log them to the
     study's parent run and refresh the trial runs' ``pareto`` tags. Returns the HTML path."""
     folder = Path(out) if out is not None else Path("reports") / folder_name(study)
-    check_folder(folder, "--out", writable=True)
     sources = Sources.resolve(storage, tracking_uri, store)
+    check_output(folder, sources.store, storage_url=sources.storage_url, folder=True)
     opened = sources.study(study)
     runs = experiment_runs(sources.store, study)
     check_runs_found(opened, runs, sources.store)

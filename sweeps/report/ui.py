@@ -42,6 +42,7 @@ def check_servable(store: Store, host: str, port: int) -> None:
     if store.embedded and not (store.root / "mlflow.db").exists():
         raise ConfigError(f"no MLflow store at {store.root}: run `kdsweep run` first, or point --store at one")
     store.check_database()  # damaged or empty: the server would fail on it, or write into it
+    store.settle()  # a copied or moved store: the server must serve this folder's artifacts
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         # As the server binds: a closed server's connections in TIME_WAIT do not hold the port.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

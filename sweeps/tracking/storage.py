@@ -6,7 +6,7 @@ import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kdcore import ConfigError, KDSweepError
+from kdcore import ConfigError, DamagedFileError
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
@@ -19,7 +19,7 @@ _RDB_SCHEMES = ("sqlite://", "postgresql://", "postgresql+psycopg2://", "postgre
 _JOURNAL_SUFFIXES = (".journal", ".log", ".jsonl")
 
 
-class StoreDamagedError(KDSweepError):
+class StoreDamagedError(DamagedFileError):
     """A store file (the Optuna journal, the MLflow database) is damaged or missing while the other
     still refers to it; nothing was written. The CLI exits with code 1: the input was fine."""
 

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 from kdcore import ConfigError
 from sweeps.tracking.storage import StoreDamagedError
 
+log = logging.getLogger("kdsweep")
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
@@ -171,6 +173,19 @@ class Store:
             raise _damaged(self.database, "is empty (0 bytes)", "delete it to start a new one")
         raise self.damaged(problem)
 
+    def logged_runs(self, study: str) -> int:
+        """How many runs the embedded MLflow database holds in experiment ``study``, read without
+        writing (0 when tracking goes elsewhere, or the database cannot be read)."""
+        if not self.embedded or self.database_problem() is not None:
+            return 0
+        try:
+            with contextlib.closing(sqlite3.connect(f"{self.database.resolve().as_uri()}?mode=ro", uri=True,
+                                                    timeout=5)) as db:
+                return db.execute("SELECT count(*) FROM runs JOIN experiments USING (experiment_id) "
+                                  "WHERE experiments.name = ?", (study,)).fetchone()[0]
+        except sqlite3.Error:
+            return 0
+
     def damaged(self, problem: str) -> StoreDamagedError:
         """The error (exit code 1) for a MLflow SQLite file damaged as ``problem`` says."""
         return _damaged(self.database, f"is damaged ({problem})", "move it aside to start a new one")
@@ -229,7 +244,25 @@ class Store:
 
         if self.embedded and not (self.root / "mlflow.db").exists():
             _create_database(self.root / "mlflow.db")
+        self.settle()
         return MlflowClient(tracking_uri=self.tracking_uri)
+
+    def settle(self) -> None:
+        """Point the embedded database's artifact locations at this folder if the store was copied or
+        moved here (``sweeps.tracking.relocate``). A store this process may not write is read as it
+        is, with a warning: its runs and metrics are all there, its artifacts are not found."""
+        from sweeps.tracking.relocate import former_roots, relocate
+
+        database = self.root / "mlflow.db"
+        if not self.embedded or not database.is_file():
+            return
+        try:
+            relocate(database, self.root)
+        except sqlite3.OperationalError as error:  # read-only here, or held by a writer for over a minute
+            formers = former_roots(database, self.root)
+            log.warning("this store was moved or copied from %s, and its MLflow database cannot be updated "
+                        "here (%s): checkpoints and other artifacts will not be found until a command that "
+                        "can write %s runs on it", ", ".join(formers), error, database)
 
     def options(self, storage_url: str | None = None, task: str | None = None) -> list[str]:
         """The command-line options that reach this store (and ``storage_url``, ``task``) from any
@@ -266,6 +299,43 @@ class Store:
             if found is None:
                 raise
             return found.experiment_id
+
+
+def check_output(path: Path, store: Store, *, storage_url: str | None = None, force: bool = False,
+                 folder: bool = False, flag: str = "--out") -> Path:
+    """``path``, resolved, once it is safe to write there (ConfigError, one line, before any work):
+    not inside the store (its databases, journals, checkpoints, teachers and caches are kdsweep's
+    own), not the Optuna storage or MLflow database wherever they are, in a folder this process can
+    write; and a file that exists only with ``force``. ``folder``: ``path`` is a folder to write
+    files into (a report), which may exist."""
+    resolved = Path(path).expanduser().resolve()
+    own = {store.root: "the store"}
+    for file, what in ((store.database, "the MLflow database"), (_storage_file(storage_url), "the Optuna storage")):
+        if file is not None:
+            own[file.resolve()] = what
+    what = own.get(resolved) or (f"inside the store {store.root}" if store.root in resolved.parents else None)
+    if what is not None:
+        raise ConfigError(f"{flag} {path} is {what}: a store's files are kdsweep's own and are never written "
+                          f"over; give a {'folder' if folder else 'file'} outside {store.root}")
+    if folder:
+        check_folder(resolved, flag, writable=True)
+        return resolved
+    if resolved.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder: give a file name in it")
+    if not resolved.parent.is_dir():
+        raise ConfigError(f"{flag} {path}: folder {resolved.parent} does not exist; create it or give another {flag}")
+    if not os.access(resolved.parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: no permission to write in {resolved.parent}; give a folder you can write to")
+    if resolved.exists() and not force:
+        raise ConfigError(f"{flag} {path} exists: add --force to replace it, or give another file name")
+    return resolved
+
+
+def _storage_file(url: str | None) -> Path | None:
+    """The file an Optuna storage URL keeps its studies in (a journal or SQLite file), or None."""
+    if not url or ("://" in url and not url.startswith("sqlite:///")):
+        return None
+    return Path(url.removeprefix("sqlite:///").split("?", 1)[0])
 
 
 def check_folder(path: Path, flag: str, writable: bool = False) -> None:
