@@ -63,8 +63,10 @@ def exit_aborted(message: str) -> NoReturn:
 
 def user_errors(command: F) -> F:
     """Turn kdsweep's own errors into one line on stderr: exit code 2 for bad input, or the error's
-    own ``exit_code`` (1 for a damaged store). An OS error on a named file (a full disk, a folder
-    without permission) is one line with exit code 1 as well."""
+    own ``exit_code`` (1 for a damaged store). An OS error (a full disk, a folder without
+    permission, a file cut short) is one line with exit code 1 as well. SIGTERM (what ``kill``,
+    ``docker stop`` and Slurm send) stops the command as Ctrl-C does; a command that runs workers
+    (``run``) installs its own handlers over this one."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -72,17 +74,45 @@ def user_errors(command: F) -> F:
 
         _log_to_stderr()
         try:
-            return command(*args, **kwargs)
+            with _sigterm_as_ctrl_c():
+                return command(*args, **kwargs)
         except KDSweepError as error:
             _traceback()
             raise fail(str(error), getattr(error, "exit_code", 2)) from None
         except OSError as error:
-            if error.filename is None or error.strerror is None:
-                raise
             _traceback()
-            raise fail(f"cannot use {error.filename}: {error.strerror}", 1) from None
+            raise fail(_os_problem(error), 1) from None
+        except KeyboardInterrupt:  # a command with more to say catches it itself
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _os_problem(error: OSError) -> str:
+    """An OS error in one line: the file it names when it names one, and how to see where it came from."""
+    what = error.strerror or " ".join(str(error).split()) or type(error).__name__
+    if error.filename is not None:
+        return f"cannot use {error.filename}: {what}"
+    return f"{what} ({type(error).__name__}, errno {error.errno}): see `kdsweep --debug ...` for where"
+
+
+class _sigterm_as_ctrl_c:
+    """While entered (in the main thread), SIGTERM raises KeyboardInterrupt as Ctrl-C does."""
+
+    def __enter__(self) -> None:
+        import signal
+        import threading
+
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    def __exit__(self, *exc_info: object) -> None:
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 def debugging() -> bool:

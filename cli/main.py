@@ -69,7 +69,17 @@ class _OneLineUsageErrors:
 
 
 class OneLineCommand(_OneLineUsageErrors, TyperCommand):
-    pass
+    def invoke(self, ctx: Context) -> Any:
+        """Every numeric option is checked (finite, in range: ``cli._numbers``) before the command runs."""
+        from kdcore import ConfigError
+
+        from cli._numbers import check_numbers
+
+        try:
+            check_numbers(ctx.info_name or "", ctx.params)
+        except ConfigError as error:
+            raise fail(str(error)) from None
+        return super().invoke(ctx)
 
 
 class OneLineGroup(_OneLineUsageErrors, TyperGroup):

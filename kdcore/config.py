@@ -92,6 +92,12 @@ class TrainConfig(BaseModel):
                                  f"values in [{low:g}, {high:g}])")
         return self
 
+    def updated(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes``, checked by every rule (ConfigError, one line). ``model_copy(update=)``
+        checks nothing, so a value a user gave must come in through here: an lr of inf copied in
+        trains a student at chance and reports it FINISHED."""
+        return make_config(type(self), **{**self.model_dump(), **changes})
+
     def kd_weights(self, epoch: int) -> tuple[float, float]:
         """The (temperature, alpha) of ``epoch`` (1-based), following their schedules."""
         return (scheduled(self.temperature_schedule, self.temperature, self.temperature_end,

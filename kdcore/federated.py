@@ -26,7 +26,7 @@ from torch.utils.data import TensorDataset
 
 from kdcore.config import TrainConfig
 from kdcore.data import labels_of
-from kdcore.errors import ConfigError
+from kdcore.errors import ConfigError, TrainingFailed
 from kdcore.objective import evaluate_model
 from kdcore.tasks.base import Splits, Task
 from kdcore.trainer import TeacherLogits, resolve_device, train
@@ -161,6 +161,9 @@ def federate(task: Task, model: nn.Module, teacher: TeacherLogits, config: Train
             result = train(shard_task, local.model_copy(update={"seed": config.seed + 1000 * number + client}),
                            teacher=shard_teacher, build_model=lambda start=start: copy.deepcopy(start),
                            on_checkpoint=last.update)
+            if "model" not in last:  # no epoch ended with finite weights
+                raise TrainingFailed(f"client {client}'s training in round {number} {result.stop_reason} (its loss is "
+                                     f"not finite) at lr {config.lr:g}: give a lower --lr")
             states.append(last["model"])
             client_scores.append(result.history[-1].val_acc)
         global_state = fed_avg(states, sizes)

@@ -13,6 +13,12 @@ dictionary lookup. The points:
   heartbeat goes on: the tests of ``kdsweep worker`` kill a host that looks alive until then).
 - ``compress.epoch``: a ``kdsweep compress`` step has logged an epoch (the Ctrl-C test signals it
   there, mid-step, however fast the step would otherwise end).
+- ``compress.started``, ``compress.prune``, ``compress.qat8``: a step's run is created (its params
+  logged), and the step is about to start.
+- ``trial.epoch``: a trial saved an epoch checkpoint (the ``--jobs 2`` kill test holds both workers
+  there, kills one, and releases the other).
+- ``federate.started``: a federated run is created, before its first round.
+- ``federate.saved``: a round's checkpoint is saved and the round is not logged yet.
 - ``window.close``: ``kdsweep run`` has run its trials and is about to close the study's window to
   joined workers (the scale-out test holds it there until a lost trial was resumed elsewhere).
 

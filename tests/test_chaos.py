@@ -360,7 +360,7 @@ def test_four_processes_start_one_sqlite_study_at_once(tmp_path, sweep_template)
 
 
 def test_the_workers_of_a_killed_jobs_2_parent_stop_within_seconds(tmp_path, sweep_template):
-    from sweeps.search.leases import _pid_alive
+    from sweeps.tracking.owners import pid_alive as _pid_alive
     from sweeps.search.worker import ORPHAN_EXIT_S
 
     store = copy_store(sweep_template, tmp_path / "store")

@@ -405,7 +405,8 @@ def test_a_live_holder_here_with_a_stale_heartbeat_is_reaped_only_if_it_stays_si
     import optuna
 
     from sweeps.search import leases
-    from sweeps.search.leases import LEASE_ATTR, UNCHANGED_S, host_id, reap_stale_trials
+    from sweeps.search.leases import LEASE_ATTR, UNCHANGED_S, reap_stale_trials
+    from sweeps.tracking.owners import host_id
 
     study = optuna.create_study()
     trial = study.ask()

@@ -29,12 +29,14 @@ class Chosen:
 def choose_trial(study: str, trial: int | None, *, invocation: str, storage: str | None,
                  tracking_uri: str | None, store: str | Path | None) -> Chosen:
     """Trial ``trial`` of ``study`` (default: the best by validation within the study's limits),
-    which must be COMPLETE."""
+    which must be COMPLETE; ConfigError first if this process cannot write the store (a pipeline
+    writes runs, checkpoints and the task's data there)."""
     from sweeps.query.trials import Sources, best, trial_row, trials
     from sweeps.search.join import joined_plan
     from sweeps.search.overrides import trial_config
 
     sources = Sources.resolve(storage, tracking_uri, store)
+    sources.store.check_writable()
     opened = sources.study(study)
     frame = trials(study, storage=storage, tracking_uri=tracking_uri, store=store)
     row = best(frame) if trial is None else trial_row(frame, study, trial)
@@ -47,6 +49,18 @@ def choose_trial(study: str, trial: int | None, *, invocation: str, storage: str
                        invocation=invocation)
     config = trial_config(plan.search_space(), opened.trials[number])
     return Chosen(sources, opened, row, number, config, opened.user_attrs["kdsweep.task"])
+
+
+def open_study_runs(chosen: Chosen) -> tuple[Any, str]:
+    """The MLflow client and the study's experiment, for a pipeline to write its runs in, after
+    closing the runs of this study whose process was killed (``tracking.owners``)."""
+    from sweeps.tracking.owners import close_dead_runs
+
+    store = chosen.sources.store
+    client = store.client()
+    experiment = store.experiment(client, chosen.study.study_name)
+    close_dead_runs(client, [experiment])
+    return client, experiment
 
 
 def study_run(client: Any, study: str) -> str | None:

@@ -113,8 +113,7 @@ def step_configs(config: TrainConfig, *, fast: bool, epochs: int | None = None, 
     if fast:
         common.update(data_fraction=config.data_fraction * _FAST_DATA, batch_size=config.batch_size * 2,
                       patience=_FAST_PATIENCE, min_delta=_FAST_MIN_DELTA)
-    return (config.model_copy(update={**common, "epochs": prune_epochs}),
-            config.model_copy(update={**common, "epochs": qat_epochs}))
+    return config.updated(**common, epochs=prune_epochs), config.updated(**common, epochs=qat_epochs)
 
 
 def compress_trial(study: str, *, trial: int | None = None, prune: float = 0.5, bits: int = 8, fast: bool = False,
@@ -127,7 +126,7 @@ def compress_trial(study: str, *, trial: int | None = None, prune: float = 0.5, 
     written; Ctrl-C or an error closes the step's run as KILLED or FAILED (rerun the command)."""
     from kdcore import get_task
     from kdcore.compress import BITS
-    from sweeps.pipelines._trial import choose_trial, study_run
+    from sweeps.pipelines._trial import choose_trial, open_study_runs, study_run
     from sweeps.query.trials import load_student
     from sweeps.tracking.logged_run import prepare
 
@@ -144,14 +143,13 @@ def compress_trial(study: str, *, trial: int | None = None, prune: float = 0.5, 
     model = load_student(study, chosen.number, storage=storage, tracking_uri=tracking_uri, store=store)
     prepared = prepare(chosen.task_spec, chosen.sources.store, device=chosen.config.device,
                        teachers=chosen.config.teachers)
-    client = chosen.sources.store.client()
+    client, experiment = open_study_runs(chosen)
     mode = "fast" if fast else "full"
     group = uuid.uuid4().hex[:12]
     tags = {"kdsweep.kind": COMPRESS_KIND, "optuna.study": study, "kdsweep.trial": str(chosen.number),
             "kdsweep.mode": mode, "kdsweep.compress_id": group,
             "kdsweep.settings": f"trial {chosen.number}, prune {prune:g}, {bits}-bit QAT"}
     parent = study_run(client, study)
-    experiment = chosen.sources.store.experiment(client, study)
 
     steps = [_measure("start", None, model, task, runs_as="fp32")]
     plan: list[tuple[str, Any]] = ([("prune", prune_config)] if prune > 0 else []) + [(f"qat{bits}", qat_config)]
@@ -163,6 +161,7 @@ def compress_trial(study: str, *, trial: int | None = None, prune: float = 0.5, 
                        tags={**tags, "kdsweep.step": name})
         with run:
             run.log_input(steps[-1])
+            pause_at(f"compress.{name}")
             if name == "prune":
                 model, step = _prune_step(model, task, prepared, config, prune, run)
             else:
@@ -266,6 +265,7 @@ class _StepRun:
         from sweeps.tracking.run_logger import RunLogger
 
         self.logger = RunLogger.start(client, experiment, name, params=params, tags=tags, parent_run_id=parent)
+        pause_at("compress.started")
 
     def log_epoch(self, epoch: Any) -> None:
         self.logger.log_epoch(epoch)
@@ -284,10 +284,13 @@ class _StepRun:
     def __enter__(self) -> _StepRun:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, *exc_info: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc_info: Any) -> None:
         if kind is not None:
-            self.logger.log_metrics({}, tags={"state": "INTERRUPTED" if issubclass(kind, KeyboardInterrupt)
-                                              else "FAILED"})
+            from sweeps.search.trial import describe_error
+
+            interrupted = issubclass(kind, KeyboardInterrupt)  # Ctrl-C or SIGTERM
+            self.logger.log_metrics({}, tags={"state": "INTERRUPTED" if interrupted else "FAILED",
+                                              **({} if interrupted else {"kdsweep.error": describe_error(exc_info[0])})})
             self.logger.finish("KILLED" if issubclass(kind, KeyboardInterrupt) else "FAILED")
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kdcore import ConfigError
+from sweeps._pause import pause_at
 
 FEDERATE_KIND = "federate"
 _FOLDER = "federated"  # in the store: round checkpoints of unfinished runs
@@ -53,12 +54,11 @@ def federate_trial(study: str, *, trial: int | None = None, clients: int = 4, ro
     fine-tune a trained model, and the trial's own rate, meant for training from scratch, took 5
     points of test accuracy off an MNIST-1D student in 10 rounds). Every setting is checked before
     anything is written."""
-    import torch
-
     from kdcore import get_task
+    from kdcore._files import load_checkpoint
     from kdcore.data import labels_of
     from kdcore.federated import check_task, federate, partition as deal
-    from sweeps.pipelines._trial import choose_trial, study_run
+    from sweeps.pipelines._trial import choose_trial, open_study_runs, study_run
     from sweeps.query.summary import comparison
     from sweeps.query.trials import load_student
     from sweeps.tracking.logged_run import prepare
@@ -68,10 +68,10 @@ def federate_trial(study: str, *, trial: int | None = None, clients: int = 4, ro
         raise ConfigError(f"--rounds {rounds} and --local-epochs {local_epochs} must each be at least 1")
     chosen = choose_trial(study, trial, invocation=FEDERATE_KIND, storage=storage, tracking_uri=tracking_uri,
                           store=store)
-    sources, row, number, config = chosen.sources, chosen.row, chosen.number, chosen.config
-    if lr is not None and not lr > 0:
+    sources, row, number = chosen.sources, chosen.row, chosen.number
+    if lr is not None and not lr > 0:  # before the trial's learning rate is scaled: the flag's own range
         raise ConfigError(f"--lr {lr} is not allowed: give a learning rate > 0")
-    config = config.model_copy(update={"lr": lr if lr is not None else config.lr * _FINE_TUNE_LR})
+    config = chosen.config.updated(lr=lr if lr is not None else chosen.config.lr * _FINE_TUNE_LR)
     task_spec = chosen.task_spec
     task = get_task(task_spec)
     check_task(task)  # before anything is written
@@ -79,30 +79,34 @@ def federate_trial(study: str, *, trial: int | None = None, clients: int = 4, ro
     model = load_student(study, number, storage=storage, tracking_uri=tracking_uri, store=store)
     prepared = prepare(task_spec, sources.store, device=config.device)
 
-    client = sources.store.client()
+    client, experiment = open_study_runs(chosen)
     settings = {"trial": number, "clients": clients, "local_epochs": local_epochs, "partition": partition,
                 "seed": seed, "lr": config.lr}
-    found = _unfinished(client, study, settings, sources.store.root)
+    found = _unfinished(client, experiment, settings, sources.store.root)
     resume = None
     if found is not None:
-        logger, checkpoint_path = RunLogger(client, found), _checkpoint_path(sources.store.root, found)
-        resume = torch.load(checkpoint_path, weights_only=True)
-        client.update_run(found, status="RUNNING")
+        checkpoint_path = _checkpoint_path(sources.store.root, found)
+        resume = load_checkpoint(checkpoint_path, "federated round checkpoint")
+        logger = RunLogger.reopen(client, found)
+        _log_missing_rounds(logger, resume["history"])
     else:
-        parent = study_run(client, study)
-        logger = RunLogger.start(client, sources.store.experiment(client, study), f"federate-trial{number}",
+        logger = RunLogger.start(client, experiment, f"federate-trial{number}",
                                  params={**settings, "rounds": rounds},
                                  tags={"kdsweep.kind": FEDERATE_KIND, "optuna.study": study,
                                        "kdsweep.settings": f"trial {number}, {clients} clients ({partition}), "
                                                            f"{rounds} rounds of {local_epochs} epoch(s)"},
-                                 parent_run_id=parent)
+                                 parent_run_id=study_run(client, study))
+        pause_at("federate.started")
         checkpoint_path = _checkpoint_path(sources.store.root, logger.run_id)
     done_before = len(resume["history"]) if resume else 0
 
     def after_round(result: Any, checkpoint: dict[str, Any]) -> None:
         from kdcore._files import save_atomic
 
-        save_atomic(checkpoint, checkpoint_path)  # first: a crash right after loses nothing logged
+        # The checkpoint first: a kill right after it loses nothing, since a resume logs the rounds
+        # its history holds and the run does not (_log_missing_rounds).
+        save_atomic(checkpoint, checkpoint_path)
+        pause_at("federate.saved")
         logger.log_step(result.metrics(), step=result.round)
         if on_round is not None:
             on_round(result)
@@ -110,9 +114,15 @@ def federate_trial(study: str, *, trial: int | None = None, clients: int = 4, ro
     try:
         result = federate(prepared.task, model, prepared.outputs.logits, config, shards=shards, rounds=rounds,
                           local_epochs=local_epochs, on_round=after_round, resume=resume)
-    except BaseException:  # Ctrl-C, a crash: resumable from the last finished round
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: resumable from the last finished round
         logger.log_metrics({}, tags={"state": "INTERRUPTED"})
         logger.finish("KILLED")
+        raise
+    except BaseException as error:  # a crash: still resumable, but it failed
+        from sweeps.search.trial import describe_error
+
+        logger.log_metrics({}, tags={"state": "FAILED", "kdsweep.error": describe_error(error)})
+        logger.finish("FAILED")
         raise
     verdict = comparison(study, storage=storage, tracking_uri=tracking_uri, store=store)
     complete = verdict.get("kd_verdict") not in (None, "incomplete")
@@ -146,16 +156,24 @@ def _checkpoint_path(store_root: Path, run_id: str) -> Path:
     return folder / f"{run_id}.pt"
 
 
-def _unfinished(client: Any, study: str, settings: dict[str, Any], store_root: Path) -> str | None:
+def _unfinished(client: Any, experiment: str, settings: dict[str, Any], store_root: Path) -> str | None:
     """The run id of an interrupted federated run of the same trial and settings whose round
     checkpoint is still in this store, or None."""
-    experiment = client.get_experiment_by_name(study)
-    if experiment is None:
-        return None
-    runs = client.search_runs([experiment.experiment_id],
-                              filter_string=f"tags.`kdsweep.kind` = '{FEDERATE_KIND}' and attributes.status != 'FINISHED'")
+    runs = client.search_runs([experiment], filter_string=f"tags.`kdsweep.kind` = '{FEDERATE_KIND}' and "
+                              "attributes.status != 'FINISHED'")
     for run in runs:
         same = all(run.data.params.get(k) == str(v) for k, v in settings.items())
         if same and (Path(store_root) / _FOLDER / f"{run.info.run_id}.pt").exists():
             return run.info.run_id
     return None
+
+
+def _log_missing_rounds(logger: Any, history: list[dict[str, Any]]) -> None:
+    """Log the rounds of a resumed run's checkpoint that its run lacks: a kill between saving a
+    round and logging it left one out. Each round is logged once."""
+    from kdcore.federated import RoundResult
+
+    logged = {m.step for m in logger.client.get_metric_history(logger.run_id, "val_acc")}
+    for entry in history:
+        if entry["round"] not in logged:
+            logger.log_step(RoundResult(**entry).metrics(), step=entry["round"])

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from kdcore import ConfigError
 from sweeps.search.fidelity import Fidelity
-from sweeps.search.leases import LEASE_ATTR, REAP_EVERY_S, host_id
+from sweeps.search.leases import LEASE_ATTR, REAP_EVERY_S
+from sweeps.tracking.owners import host_id
 from sweeps.search.objectives import Objective
 from sweeps.search.plan import SweepPlan
 

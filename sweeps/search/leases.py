@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Collection
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from sweeps._pause import pause_at
 from sweeps.search.overrides import carried_attrs
+from sweeps.tracking.owners import close_dead_runs, host_id, pid_alive
 
 if TYPE_CHECKING:
     import optuna
@@ -40,7 +40,6 @@ RESUME_ATTR = "kdsweep.resume_of"
 RUN_ATTR = "mlflow_run_id"
 VALUES_ATTR = "kdsweep.values"  # what a finished trial tells Optuna, kept for the reaper
 ERROR_ATTR = "kdsweep.error"  # a failed trial's error, one line: also the tag of its run
-OWNER_TAG = "kdsweep.owner"
 HEARTBEAT_S = 5.0
 REAP_EVERY_S = 10.0  # how often each kdsweep run and kdsweep worker looks for lost trials
 STALE_AFTER_S = 60.0
@@ -50,11 +49,6 @@ UNLEASED_STALE_S = 5.0
 UNCHANGED_S = 3 * HEARTBEAT_S
 _watched: dict[tuple[int, float], float] = {}  # (trial id, heartbeat seen) -> when this process first saw it
 FINISHED_STATES = ("COMPLETE", "PRUNED")  # run tags of a trial that ran to its end
-
-
-def host_id() -> str:
-    """This host's identity in leases and run owners: ``KDSWEEP_HOST``, else the host name."""
-    return os.environ.get("KDSWEEP_HOST") or socket.gethostname()
 
 
 def lease_timeout_s() -> float:
@@ -124,7 +118,7 @@ def _holder_is_gone(trial: optuna.trial.FrozenTrial, stale_after_s: float, now: 
         first_seen = _watched.setdefault((trial._trial_id, 0.0), time.monotonic())
         return not hosts_share or time.monotonic() - first_seen >= UNLEASED_STALE_S
     here = lease["host"] == host_id()
-    if here and not _pid_alive(lease["pid"]):
+    if here and not pid_alive(lease["pid"]):
         return True
     if now - lease["heartbeat"] <= stale_after_s:
         return False
@@ -142,19 +136,6 @@ def _served(study: optuna.Study) -> bool:
 
     storage = getattr(study._storage, "_backend", study._storage)  # unwrap Optuna's cache layer
     return isinstance(storage, RDBStorage) and not str(storage.url).startswith("sqlite")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (dead, not yet waited for) is gone too
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def reap_stale_trials(study: optuna.Study, client: MlflowClient | None, *, store_root: str | Path | None = None,
@@ -287,30 +268,16 @@ def _trial_run(study: optuna.Study, trial: optuna.trial.FrozenTrial, client: Mlf
 
 
 def close_orphan_runs(study: optuna.Study, client: MlflowClient, experiment_id: str) -> None:
-    """Close the runs a crash left RUNNING: trial runs whose trial has finished, and repeat runs
-    (the KD verdict's) whose process on this host is dead."""
+    """Close the runs a crash left RUNNING: trial runs whose trial has finished, and the other runs
+    (repeats, compress, federate, train) whose process on this host is dead (``close_dead_runs``)."""
     from optuna.trial import TrialState
 
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=10_000):
-        tags = run.data.tags
-        if tags.get("kdsweep.kind") == "trial":
-            trial = by_number.get(int(tags.get("optuna.trial_number", -1)))
-            if trial is None or trial.state in (TrialState.RUNNING, TrialState.WAITING):
-                continue
-            client.set_tag(run.info.run_id, "state", trial.state.name)
-            client.set_terminated(run.info.run_id, status="FINISHED" if trial.state != TrialState.FAIL else "KILLED")
-        elif tags.get("kdsweep.kind") == "repeat" and _owner_is_gone(tags.get(OWNER_TAG)):
-            client.set_tag(run.info.run_id, "state", "CUT")
-            client.set_tag(run.info.run_id, "stop_reason", "worker_lost")
-            client.set_terminated(run.info.run_id, status="KILLED")
-
-
-def owner_tag() -> dict[str, str]:
-    """The tag naming the process that writes a run, so a later invocation can close it if that died."""
-    return {OWNER_TAG: f"{host_id()}:{os.getpid()}"}
-
-
-def _owner_is_gone(owner: str | None) -> bool:
-    host, _, pid = (owner or "").rpartition(":")
-    return host == host_id() and pid.isdigit() and not _pid_alive(int(pid))
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING' and "
+                                  "tags.`kdsweep.kind` = 'trial'", max_results=10_000):
+        trial = by_number.get(int(run.data.tags.get("optuna.trial_number", -1)))
+        if trial is None or trial.state in (TrialState.RUNNING, TrialState.WAITING):
+            continue
+        client.set_tag(run.info.run_id, "state", trial.state.name)
+        client.set_terminated(run.info.run_id, status="FINISHED" if trial.state != TrialState.FAIL else "KILLED")
+    close_dead_runs(client, [experiment_id])

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdcore import EpochResult, StopTraining
-from kdcore._files import load_safe, save_atomic
+from kdcore._files import load_safe, read_problem, save_atomic
 from sweeps._pause import pause_at
 from sweeps.tracking.logged_run import Prepared, run_params, train_logged
 from sweeps.search.costs import architecture_costs, int8_costs
@@ -265,6 +265,7 @@ class _Checkpoints:
 
     def __call__(self, state: dict[str, Any]) -> None:
         save_atomic(state, self.path)
+        pause_at("trial.epoch")
         now = time.monotonic()
         if not self.shared or (self.uploaded_at is not None and now - self.uploaded_at < SHARED_CHECKPOINT_EVERY_S):
             return
@@ -296,7 +297,7 @@ def _resume_state(study: optuna.Study, trial: optuna.Trial, plan: SweepPlan,
         state = load_safe(path)
     except Exception as error:  # a checkpoint torn by the crash: start over rather than fail
         log.warning("checkpoint of trial %d is unreadable (%s); trial %d starts from scratch",
-                    previous, error, trial.number)
+                    previous, read_problem(error), trial.number)
         return None, previous
     trial.set_user_attr("resumed_from_epoch", state["epoch"])
     return state, previous

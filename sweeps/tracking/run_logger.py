@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from kdcore import EpochResult, TrainConfig, TrainResult
 from kdcore._files import save_atomic
+from sweeps.tracking.owners import OWNER_TAG, owner_tag
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -72,14 +73,22 @@ class RunLogger:
         import torch
         from mlflow.entities import Param
 
-        # The threads it trains with (kdcore.threads): epoch times compare only at equal threads.
-        tags = {THREADS_TAG: str(torch.get_num_threads()), **(tags or {})}
+        # The threads it trains with (kdcore.threads): epoch times compare only at equal threads. The
+        # owner lets the next command close the run should this process be killed (tracking.owners).
+        tags = {THREADS_TAG: str(torch.get_num_threads()), **owner_tag(), **(tags or {})}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         run = client.create_run(experiment_id, run_name=run_name, tags=tags)
         logger = cls(client, run.info.run_id)
         client.log_batch(logger.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return logger
+
+    @classmethod
+    def reopen(cls, client: MlflowClient, run_id: str) -> RunLogger:
+        """Go on writing run ``run_id`` (an interrupted run this command resumes), owned by this process."""
+        client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, OWNER_TAG, owner_tag()[OWNER_TAG])
+        return cls(client, run_id)
 
     def log_epoch(self, epoch: EpochResult) -> None:
         """Log an epoch's metrics (step = epoch): one log_batch per epoch, or per second when

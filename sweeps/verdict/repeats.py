@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from kdcore.config import no_kd_twin
-from sweeps.search.leases import owner_tag
+from sweeps.tracking.owners import owner_tag
 from sweeps.tracking.logged_run import Prepared, run_params, train_logged
 from sweeps.tracking.run_logger import RunLogger
 from sweeps.verdict.paired import Pair, complete_verdict, incomplete_verdict
