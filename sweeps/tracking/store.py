@@ -20,6 +20,7 @@ from kdcore import ConfigError
 from sweeps.tracking.storage import StoreDamagedError
 
 log = logging.getLogger("kdsweep")
+_SETTLED: set[Path] = set()  # store folders this process has pointed at themselves (Store.settle)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -48,8 +49,7 @@ def check_study_name(name: str) -> None:
 def check_storage_path(url: str) -> None:
     """ConfigError when the Optuna storage's file (a journal, or a sqlite:/// database) is a folder
     or not a regular file."""
-    path = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else (
-        None if "://" in url else Path(url))
+    path = _storage_file(url)
     if path is None or not path.exists():
         return
     if path.is_dir():
@@ -254,10 +254,11 @@ class Store:
         from sweeps.tracking.relocate import former_roots, relocate
 
         database = self.root / "mlflow.db"
-        if not self.embedded or not database.is_file():
+        if not self.embedded or self.root in _SETTLED or not database.is_file():
             return
         try:
             relocate(database, self.root)
+            _SETTLED.add(self.root)  # once per process: a store does not move under a running command
         except sqlite3.OperationalError as error:  # read-only here, or held by a writer for over a minute
             formers = former_roots(database, self.root)
             log.warning("this store was moved or copied from %s, and its MLflow database cannot be updated "
